@@ -1,0 +1,1 @@
+"""cellzoo's model families, recipes and model cards. Never imports ``runner``."""

@@ -1,0 +1,1 @@
+"""The ``linear`` family: CellTypist-style logistic regression with PCA imputation of missing genes."""

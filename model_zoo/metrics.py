@@ -1,0 +1,59 @@
+"""Scores used in model cards, benchmarks and tests: exact and Cell-Ontology-level accuracy, macro-F1,
+expected calibration error."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+from sklearn.metrics import f1_score
+
+
+@cache
+def _ontology():
+    from cellxgene_ontology_guide.ontology_parser import OntologyParser
+
+    return OntologyParser()
+
+
+@cache
+def _lineage(term: str) -> frozenset[str]:
+    """The term with all its ancestors (Cell Ontology terms); other ids (e.g. Cellosaurus) stand alone."""
+    if not term.startswith("CL:"):
+        return frozenset([term])
+    return frozenset([term, *_ontology().get_term_ancestors(term)])
+
+
+def ontology_match(predicted: str, truth: str) -> bool:
+    """A prediction is right when it is the truth's term, or an ancestor or a descendant of it."""
+    if not predicted or not truth:
+        return False
+    return predicted in _lineage(truth) or truth in _lineage(predicted)
+
+
+def ontology_accuracy(predicted: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([ontology_match(str(p), str(t)) for p, t in zip(predicted, truth, strict=True)]))
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 10) -> float:
+    """ECE of a reported confidence (max probability) against correctness, equal-width bins."""
+    confidence = np.asarray(confidence, dtype=float)
+    correct = np.asarray(correct, dtype=float)
+    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        in_bin = bins == b
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(ece)
+
+
+def classification_report(predicted: np.ndarray, truth: np.ndarray, confidence: np.ndarray) -> dict[str, float]:
+    """Exact accuracy, macro-F1 and ECE for labels from the same label set."""
+    correct = np.asarray(predicted) == np.asarray(truth)
+    return {
+        "accuracy": round(float(correct.mean()), 4),
+        "macro_f1": round(float(f1_score(truth, predicted, average="macro")), 4),
+        "ece": round(expected_calibration_error(confidence, correct), 4),
+        "n_cells": len(truth),
+    }
