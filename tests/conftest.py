@@ -1,0 +1,67 @@
+"""Shared fixtures. Real data is read from ../shared/data (never copied); each test gets its own cache."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+EXAMPLE = ROOT / "examples" / "celltypist_sample.h5ad"
+BIN = Path(sys.executable).parent
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def data_file(relative: str) -> Path:
+    path = DATA / relative
+    if not path.exists():
+        pytest.fail(f"real dataset {path} is missing: the tests read ../shared/data beside the project")
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run an installed console script (``annotate`` or ``cellzoo``) as a user would."""
+    program, *rest = args
+    return subprocess.run(
+        [str(BIN / program), *rest],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
+
+
+@pytest.fixture(autouse=True)
+def model_cache(tmp_path_factory, monkeypatch) -> Path:
+    """A fresh model cache per test (the environment variable reaches the CLI subprocesses too)."""
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("CELLZOO_CACHE_DIR", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def built_pbmc(tmp_path_factory) -> Path:
+    """The pbmc recipe trained on the real SoupX reference through `cellzoo build`, once per session."""
+    out = tmp_path_factory.mktemp("build")
+    done = run_cli(
+        "cellzoo", "build", "pbmc", "--reference", str(data_file("pbmc/soupx_pbmc4k.h5ad")), "--out", str(out), "-q"
+    )
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+@pytest.fixture
+def example_copy(tmp_path) -> Path:
+    """A copy of the bundled example query, so a test may annotate or break it freely."""
+    return Path(shutil.copy(EXAMPLE, tmp_path / "query.h5ad"))
