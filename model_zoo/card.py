@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+CROSS_STUDY_COLUMNS = [
+    "name",
+    "n_cells",
+    "model_genes_present",
+    "ontology_accuracy",
+    "ontology_accuracy_no_threshold",
+    "ontology_accuracy_assigned_only",
+    "unassigned_fraction",
+    "ece",
+]
+
 
 def _table(rows: list[dict], columns: list[str]) -> str:
     head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
@@ -15,6 +26,7 @@ def render_card(meta: dict) -> str:
     raw = meta["metrics"]["held_out_uncalibrated"]
     labels = [{"label": k, **v} for k, v in meta["labels"].items()]
     cross = meta["metrics"].get("cross_study", [])
+    cross_table = _table(cross, CROSS_STUDY_COLUMNS) if cross else "None scored."
     return f"""# Model card: {meta["name"]} {meta["version"]}
 
 {meta["description"]}
@@ -51,23 +63,10 @@ Training took {training["training_seconds"]} s. Parameters: `{training["params"]
 
 ## Cross-study queries (Cell Ontology level)
 A prediction counts as right when its term is the truth's term or an ancestor/descendant of it.
-ECE is of the reported confidence (1 - uncertainty) against that correctness. "Assigned only" leaves
-out the cells the runner's default threshold (uncertainty > 0.5) labels `Unassigned`.
+`ontology_accuracy` is what the runner gives by default: cells above the default uncertainty
+threshold (0.5) are `Unassigned` and count as wrong; "no threshold" scores every cell's top label;
+"assigned only" leaves the `Unassigned` cells out. ECE is of the reported confidence
+(1 - uncertainty) against ontology-level correctness, over all cells.
 
-{
-        _table(
-            cross,
-            [
-                "name",
-                "n_cells",
-                "model_genes_present",
-                "ontology_accuracy",
-                "ontology_accuracy_assigned_only",
-                "unassigned_fraction",
-                "ece",
-            ],
-        )
-        if cross
-        else "None scored."
-    }
+{cross_table}
 """

@@ -16,6 +16,8 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from runner.archive import safe_extract, sha256_file
 from runner.errors import ModelError
@@ -81,7 +83,7 @@ def _obtain(url: str, dest: Path) -> Path:
     if url.startswith(("http://", "https://")):
         _download(url, dest)
         return dest
-    path = Path(url.removeprefix("file://")).expanduser()
+    path = Path(url2pathname(urlparse(url).path)) if url.startswith("file://") else Path(url).expanduser()
     if not path.is_file():
         raise ModelError(f"model archive {path} does not exist")
     return path

@@ -11,6 +11,7 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -33,6 +34,8 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     for noisy in ("mlflow", "numba", "h5py", "urllib3", "filelock", "anndata"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # mlflow nags about type hints on PythonModel.predict; the contract's inputs are CSR or DataFrame
+    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
     if quiet:
         os.environ.setdefault("TQDM_DISABLE", "1")
 
@@ -47,9 +50,9 @@ def annotate(
     input: Annotated[Path, typer.Argument(help="Query .h5ad file (raw counts in a layer, raw.X or X).")],
     model: Annotated[str, typer.Option("--model", "-m", help="NAME, NAME@VERSION, URL#sha256=HEX, model dir or zip.")],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Output .h5ad [default: INPUT.annotated.h5ad].")
+        Path | None, typer.Option("--output", "-o", help="Output .h5ad \\[default: INPUT.annotated.h5ad].")
     ] = None,
-    key_added: Annotated[str | None, typer.Option(help="Key K of the results [default: the model's name].")] = None,
+    key_added: Annotated[str | None, typer.Option(help="Key K of the results \\[default: the model's name].")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file and existing result keys.")] = False,
     counts_layer: Annotated[str | None, typer.Option(help="Layer holding the raw counts.")] = None,
     gene_column: Annotated[str | None, typer.Option(help="var column with gene names of the model's id type.")] = None,

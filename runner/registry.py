@@ -135,6 +135,6 @@ def _entry(path: Path, name: str, version: str, fields, where: str) -> RegistryE
         raise RegistryError(f"{where}: field 'sha256' must be 64 lower-case hex digits, got {fields['sha256']!r}")
     url = fields["url"]
     if "://" not in url:  # relative to the registry file
-        url = str((path.parent / url).resolve())
+        url = (path.parent / url).resolve().as_uri()
     values = {k: fields[k] for k in VERSION_FIELDS}
     return RegistryEntry(name=name, version=version, **{**values, "url": url}, is_default=False)
