@@ -11,7 +11,7 @@ import yaml
 
 from model_zoo.metrics import ontology_accuracy
 from runner.archive import pack_model_dir
-from tests.conftest import DATA, data_file, run_cli
+from tests.conftest import DATA, ROOT, data_file, run_cli
 
 pytestmark = pytest.mark.slow
 FLOOR = 0.80  # ontology-level accuracy a broken or panel-blind model does not reach on Kang (0.67 measured)
@@ -83,3 +83,11 @@ def test_zoo_model_annotates_onek1k_through_ensembl_mapping(tmp_path):
     accuracy, result = annotate_and_score(tmp_path, "pbmc", "pbmc/onek1k_pbmc.h5ad", "cell_type")
     assert accuracy >= 0.9
     assert "ensembl -> symbol" in result.uns["pbmc"]["params"]["gene_names"]
+
+
+def test_recipe_labels_follow_the_shared_ontology_table():
+    recipe = yaml.safe_load((ROOT / "model_zoo" / "recipes" / "pbmc.yaml").read_text())
+    labels = recipe["labels"]
+    table_terms = truth_terms("pbmc/soupx_pbmc4k.h5ad", "Annotation", list(labels))
+    assert [labels[k]["ontology_term_id"] for k in labels] == list(table_terms)
+    assert recipe["reference"]["drop_labels"] == ["?"]
