@@ -2,9 +2,8 @@
 
 Source: the unlabelled sample table that ships inside the celltypist wheel on PyPI
 (``celltypist/data/samples/sample_cell_by_gene.csv``; celltypist 1.7.1; MIT, Teichmann Lab; see
-``LICENSE-celltypist.txt``): 559 cells x 32,786 genes (symbols), raw counts, cells x genes.
-The 9,810 genes with a count in at least one cell are kept (the rest are all zero), as integer
-counts in a sparse, gzipped h5ad.
+``LICENSE-celltypist.txt``): 559 cells x 32,786 genes (symbols), raw counts, cells x genes,
+kept whole as integer counts in a sparse, gzipped h5ad (all-zero genes too: they were measured).
 
     python examples/make_example.py [PATH/TO/sample_cell_by_gene.csv[.gz]]
 
@@ -17,6 +16,7 @@ import sys
 from pathlib import Path
 
 import anndata as ad
+import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
@@ -31,8 +31,8 @@ def main(argv: list[str]) -> None:
 
         source = Path(celltypist.__file__).parent / "data" / "samples" / "sample_cell_by_gene.csv"
     table = pd.read_csv(source, index_col=0)
-    table = table.loc[:, table.sum(axis=0) > 0]  # genes with no count in any cell carry nothing
-    adata = ad.AnnData(X=sp.csr_matrix(table.to_numpy(dtype="int32")))
+    # the table stores counts as floats (some as 0.999999999...): round, never truncate
+    adata = ad.AnnData(X=sp.csr_matrix(np.rint(table.to_numpy()).astype("int32")))
     adata.obs_names = table.index.astype(str)
     adata.var_names = table.columns.astype(str)
     adata.uns["source"] = (

@@ -11,7 +11,6 @@ import logging
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -34,8 +33,6 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     for noisy in ("mlflow", "numba", "h5py", "urllib3", "filelock", "anndata"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # mlflow nags about type hints on PythonModel.predict; the contract's inputs are CSR or DataFrame
-    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
     if quiet:
         os.environ.setdefault("TQDM_DISABLE", "1")
 

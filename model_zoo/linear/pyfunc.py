@@ -24,6 +24,9 @@ FAMILY_DIR = Path(__file__).parent
 class LinearAnnotator(mlflow.pyfunc.PythonModel):
     """Loads ``weights.npz`` and ``labels.json`` once; ``predict`` follows the model contract."""
 
+    # the contract's input is a CSR matrix or a DataFrame: no type-hint-based validation by MLflow
+    _skip_type_hint_validation = True
+
     def load_context(self, context) -> None:
         with np.load(context.artifacts["weights"], allow_pickle=False) as arrays:
             self.weights = compute.LinearWeights.from_arrays(dict(arrays))
