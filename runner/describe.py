@@ -18,6 +18,7 @@ from runner.query import as_csr, candidates, check_query, counts_problem, descri
 from runner.readers import H5AD, HDF5, TENX_H5, ReadOptions, detect_format, hdf5_tree, read_input, tenx_genomes
 
 INSPECT_CELLS = 10_000  # h5ad files are opened backed and checked on their first cells
+ID_WORDS = {"ensembl": "Ensembl ids", "symbol": "symbols"}
 
 
 @dataclass

@@ -10,13 +10,22 @@ import pandas as pd
 import scipy.sparse as sp
 
 from runner.errors import InputError, UsageError
-from runner.genes import Alignment, Species, align_genes, check_overlap, detect_species, id_type
+from runner.genes import (
+    Alignment,
+    Species,
+    align_genes,
+    check_overlap,
+    detect_species,
+    id_type,
+    known_gene_fraction,
+)
 
 logger = logging.getLogger(__name__)
 
 COUNT_CHECK_VALUES = 2_000_000  # values inspected for integrality (the first ones; enough to catch log data)
 INTEGER_TOLERANCE = 1e-6  # values this close to an integer are counts written as floats (e.g. 0.999999999)
 LOG_MAX = 30.0  # non-integer data whose maximum is below this looks log-transformed
+MIN_GENE_SHARE = 0.2  # names of which this share are known genes are gene names
 TOTALS_SPREAD = 1e-3  # non-integer data whose cell totals vary less than this (relative) looks normalised
 
 
@@ -189,6 +198,17 @@ class CheckedQuery:
     warnings: list[str] = field(default_factory=list)
 
 
+def check_orientation(obs_names, var_names) -> None:
+    """Refuse a matrix whose cell names are gene names and whose gene names are not: it is transposed."""
+    cells, genes = known_gene_fraction(obs_names[:5000]), known_gene_fraction(var_names)
+    if cells >= MIN_GENE_SHARE and cells > genes:
+        raise InputError(
+            f"the matrix looks transposed: {cells:.0%} of the cell names are gene names (e.g. "
+            f"{', '.join(map(str, obs_names[:3]))}) but only {genes:.0%} of the gene names are. Pass --transpose, "
+            "or --orientation genes-by-cells (genes in the first column) / cells-by-genes (genes in the header)"
+        )
+
+
 def check_species(species: Species, model_species: str, species_map: bool) -> None:
     """A query of another species than the model's is refused unless ``--species-map`` is given."""
     if species.name in ("unknown", model_species) or species_map:
@@ -216,6 +236,7 @@ def check_query(
     """
     counts = find_counts(adata, counts_layer)
     names = counts.var.index
+    check_orientation(adata.obs_names, names)
     species = detect_species(names)
     check_species(species, info.species, species_map)
     query_species = species.name if species_map and species.name != "unknown" else None

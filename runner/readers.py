@@ -41,7 +41,6 @@ HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 GZIP_MAGIC = b"\x1f\x8b"
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt")
 HDF5_SUFFIXES = (".h5ad", ".h5", ".hdf5", ".loom")
-MIN_GENE_SHARE = 0.2  # a side of a table is the genes when at least this share are known gene names
 TREE_LINES = 40  # lines of an HDF5 tree shown in messages
 READ_ERRORS = (OSError, ValueError, KeyError, TypeError, IndexError, EOFError, zlib.error)
 SPARSE_PARTS = ("data", "indices", "indptr")
@@ -367,6 +366,7 @@ def read_table(path: Path, options: ReadOptions):
     the genes; ``options.orientation`` sets it and ``options.transpose`` flips what was detected.
     """
     from runner.genes import known_gene_fraction
+    from runner.query import MIN_GENE_SHARE
 
     frame = _read_table_frame(path)
     if frame.shape[0] == 0 or frame.shape[1] == 0:
