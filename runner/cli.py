@@ -38,6 +38,9 @@ ObsKey = Annotated[str | None, typer.Option(help="Other HDF5: path of the cell n
 VarKey = Annotated[str | None, typer.Option(help="Other HDF5: path of the gene names.")]
 CountsLayer = Annotated[str | None, typer.Option(help="Layer holding the raw counts.")]
 GeneColumn = Annotated[str | None, typer.Option(help="var column with gene names of the model's id type.")]
+MinGeneOverlap = Annotated[
+    float, typer.Option(help="Refuse queries with fewer of the model's genes than this fraction.")
+]
 SpeciesMap = Annotated[
     bool, typer.Option(help="Map genes of another species (human <-> mouse) to the model's by symbol; see README.")
 ]
@@ -83,9 +86,7 @@ def annotate(
     unassigned_threshold: Annotated[
         float, typer.Option(help="Cells with uncertainty above this are labelled 'Unassigned'.")
     ] = 0.5,
-    min_gene_overlap: Annotated[
-        float, typer.Option(help="Refuse queries with fewer of the model's genes than this fraction.")
-    ] = 0.2,
+    min_gene_overlap: MinGeneOverlap = 0.2,
     env_manager: Annotated[str, typer.Option(help="Where the model runs: only 'local' (in-process) so far.")] = "local",
     verbose: Verbose = False,
     quiet: Quiet = False,
@@ -135,6 +136,7 @@ def inspect(
     matrix_key: MatrixKey = None,
     obs_key: ObsKey = None,
     var_key: VarKey = None,
+    min_gene_overlap: MinGeneOverlap = 0.2,
     verbose: Verbose = False,
 ) -> None:
     """Say what INPUT holds and what the checks find, and print the `annotate` command that works. Writes nothing."""
@@ -151,6 +153,7 @@ def inspect(
             counts_layer=counts_layer,
             gene_column=gene_column,
             species_map=species_map,
+            min_gene_overlap=min_gene_overlap,
         )
     except CellzooError as err:
         raise _fail(err) from None

@@ -47,6 +47,7 @@ def inspect_input(
     counts_layer: str | None = None,
     gene_column: str | None = None,
     species_map: bool = False,
+    min_gene_overlap: float = 0.2,
 ) -> Report:
     """Describe ``path`` and check it against ``model_ref`` (when given), as ``annotate`` would."""
     report = Report()
@@ -79,22 +80,21 @@ def inspect_input(
         report.add("", f"(values checked on the first {adata.n_obs} of {n_cells} cells)")
     names = adata.var_names
     examples = ", ".join(map(str, names[:3]))
-    report.add(
-        "gene ids",
-        f"{id_type(names)}s in var_names (e.g. {examples}); var columns: {', '.join(adata.var.columns) or 'none'}",
-    )
+    columns = ", ".join(adata.var.columns) or "none"
+    report.add("gene ids", f"{ID_WORDS[id_type(names)]} in var_names (e.g. {examples}); var columns: {columns}")
     species = detect_species(names)
     report.add("species", f"{species.name} ({species.evidence})")
     n_dup = int(adata.var_names.duplicated().sum())
     if n_dup:
         report.problems.append(f"{n_dup} duplicate gene names: summed when aligned to a model")
     if model_ref is None:
-        report.command = _command(path, "MODEL", options, counts_layer, gene_column, species_map)
+        report.command = _command(path, "MODEL", options, counts_layer, species_map, {"gene_column": gene_column})
         return report
-    return _check_with_model(report, adata, path, options, model_ref, counts_layer, gene_column, species_map)
+    checks = {"gene_column": gene_column, "min_gene_overlap": min_gene_overlap}
+    return _check_with_model(report, adata, path, options, model_ref, counts_layer, species_map, checks)
 
 
-def _check_with_model(report, adata, path, options, model_ref, counts_layer, gene_column, species_map) -> Report:
+def _check_with_model(report, adata, path, options, model_ref, counts_layer, species_map, checks: dict) -> Report:
     from runner.invoke import read_model_info
     from runner.resolve import resolve_model_ref
 
@@ -105,7 +105,7 @@ def _check_with_model(report, adata, path, options, model_ref, counts_layer, gen
     first_error: CellzooError | None = None
     for layer, smap in attempts:
         try:
-            checked = check_query(adata, info, counts_layer=layer, gene_column=gene_column, species_map=smap)
+            checked = check_query(adata, info, counts_layer=layer, species_map=smap, **checks)
         except CellzooError as err:
             first_error = first_error or err
             continue
@@ -118,13 +118,13 @@ def _check_with_model(report, adata, path, options, model_ref, counts_layer, gen
         )
         report.add("", f"names from {a.source}; counts from {checked.counts.source}")
         report.problems += checked.warnings
-        report.command = _command(path, model_ref, options, layer, gene_column, smap)
+        report.command = _command(path, model_ref, options, layer, smap, checks)
         return report
     report.problems.append(str(first_error))
     return report
 
 
-def _command(path, model_ref, options, counts_layer, gene_column, species_map) -> str:
+def _command(path, model_ref, options, counts_layer, species_map, checks: dict) -> str:
     from runner.annotate import default_output
 
     args = [
@@ -137,6 +137,8 @@ def _command(path, model_ref, options, counts_layer, gene_column, species_map) -
     ]
     args += options.cli_args()
     args += [f"--counts-layer {shlex.quote(counts_layer)}"] if counts_layer else []
+    gene_column, min_overlap = checks.get("gene_column"), checks.get("min_gene_overlap", 0.2)
     args += [f"--gene-column {shlex.quote(gene_column)}"] if gene_column else []
+    args += [f"--min-gene-overlap {min_overlap}"] if min_overlap != 0.2 else []
     args += ["--species-map"] if species_map else []
     return " ".join(args)

@@ -114,7 +114,8 @@ def find_counts(adata, layer: str | None = None) -> Counts:
     matrix = as_csr(x)
     problem = counts_problem(matrix)
     if problem:
-        raise InputError(f"{source} {problem}. {_counts_hint(adata, source)}")
+        hint = "" if matrix.shape[0] * matrix.shape[1] == 0 else f" {_counts_hint(adata, source)}"
+        raise InputError(f"{source} {problem}.{hint}")
     if matrix.nnz and not np.array_equal(matrix.data, np.round(matrix.data)):
         matrix = matrix.copy()
         matrix.data = np.round(matrix.data)

@@ -178,12 +178,38 @@ def read_h5ad(path: Path, options: ReadOptions):
     return adata, InputDescription(path, H5AD + (" (backed)" if options.backed else ""))
 
 
-def read_loom(path: Path, options: ReadOptions):
-    """A loom file (genes x cells on disk; cell names from ``CellID``, gene names from ``Gene``)."""
-    import anndata as ad
+LOOM_CELL_NAMES = ("CellID", "obs_names", "cell_names", "barcodes")
+LOOM_GENE_NAMES = ("Gene", "var_names", "gene_names", "Accession")
+LOOM_CHUNK = 4096  # cells read at a time from a loom's dense matrix
 
-    adata = ad.read_loom(path, sparse=True)
-    return adata, InputDescription(path, LOOM, "genes x cells (loom), transposed on reading")
+
+def read_loom(path: Path, options: ReadOptions):
+    """A loom file: ``/matrix`` genes x cells (dense), names in ``/col_attrs/CellID`` and ``/row_attrs/Gene``.
+
+    Read with h5py (no loompy needed), a block of cells at a time into a sparse matrix. The other
+    row attributes become ``var`` columns (e.g. ``Accession``, the Ensembl ids).
+    """
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        rows, cols = f["row_attrs"], f["col_attrs"]
+        gene_key = next((k for k in LOOM_GENE_NAMES if k in rows), None)
+        cell_key = next((k for k in LOOM_CELL_NAMES if k in cols), None)
+        if gene_key is None:
+            raise InputError(f"{path.name} has no gene names: none of row_attrs/{', '.join(LOOM_GENE_NAMES)}")
+        matrix = f["matrix"]
+        blocks = [sp.csr_matrix(matrix[:, i : i + LOOM_CHUNK].T) for i in range(0, matrix.shape[1], LOOM_CHUNK)]
+        var = pd.DataFrame(
+            {
+                k: _decode(rows[k][:])
+                for k in rows
+                if k != gene_key and rows[k].ndim == 1 and len(rows[k]) == matrix.shape[0]
+            }
+        )
+        var.index = pd.Index(_decode(rows[gene_key][:]))
+        cells = _decode(cols[cell_key][:]) if cell_key else pd.Index([str(i) for i in range(matrix.shape[1])])
+    x = sp.vstack(blocks).tocsr() if blocks else sp.csr_matrix((0, len(var)))
+    return _anndata(x, cells, var), InputDescription(path, LOOM, "genes x cells (loom), transposed on reading")
 
 
 def _tenx_groups(f) -> list[str]:
@@ -270,6 +296,14 @@ def _find_one(folder: Path, pattern: str, what: str) -> Path | None:
     return found[0] if found else None
 
 
+def _read_tsv(path: Path) -> pd.DataFrame:
+    """A headerless tab-separated file of names (an empty file is an empty table)."""
+    try:
+        return pd.read_csv(path, sep="\t", header=None, dtype=str)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame({0: pd.Series([], dtype=str)})
+
+
 def read_10x_mtx(path: Path, options: ReadOptions):
     """A 10x matrix folder: ``matrix.mtx[.gz]``, ``barcodes.tsv[.gz]``, ``features.tsv[.gz]`` or ``genes.tsv[.gz]``.
 
@@ -291,8 +325,8 @@ def read_10x_mtx(path: Path, options: ReadOptions):
     opener = gzip.open if matrix_file.name.endswith(".gz") else open
     with opener(matrix_file, "rb") as fh:
         matrix = sp.csr_matrix(mmread(fh))
-    barcodes = pd.read_csv(barcodes_file, sep="\t", header=None, dtype=str).iloc[:, 0]
-    features = pd.read_csv(features_file, sep="\t", header=None, dtype=str)
+    barcodes = _read_tsv(barcodes_file).iloc[:, 0]
+    features = _read_tsv(features_file)
     n_genes, n_cells = len(features), len(barcodes)
     if matrix.shape == (n_genes, n_cells):
         matrix, orientation = matrix.T.tocsr(), "genes x cells (10x), transposed on reading"
