@@ -168,6 +168,7 @@ def annotate(
             "summed_duplicates": alignment.n_duplicates,
         },
     }
+    make_barcodes_unique(adata)  # before the results, so that every field is indexed by the unique names
     write_results(
         adata,
         frame,
@@ -176,7 +177,6 @@ def annotate(
         provenance=provenance,
         no_signal=checked.cells.no_signal,
     )
-    make_barcodes_unique(adata)
     write_h5ad_atomic(adata, output)
     if table is not None:
         write_table_atomic(adata, result_keys, table)
