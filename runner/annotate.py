@@ -11,12 +11,19 @@ import numpy as np
 
 from runner import __version__
 from runner.errors import UsageError
-from runner.genes import align_genes, check_overlap
 from runner.invoke import load_pyfunc, predict_in_batches, read_model_info
 from runner.keys import ResultKeys
-from runner.query import find_counts, read_query
+from runner.query import check_query
+from runner.readers import ReadOptions, read_input
 from runner.resolve import resolve_model_ref
-from runner.write import check_keys_free, write_h5ad_atomic, write_results
+from runner.write import (
+    check_keys_free,
+    check_table_path,
+    make_barcodes_unique,
+    write_h5ad_atomic,
+    write_results,
+    write_table_atomic,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +37,7 @@ class Summary:
     """What a run did, for the CLI's summary and for tests."""
 
     output: Path
+    table: Path | None
     key: str
     model: str
     n_cells: int
@@ -49,11 +57,19 @@ class Summary:
             *(f"  {label:<{width}}  {n}" for label, n in self.label_counts.items()),
             f"uncertainty mean {self.mean_uncertainty:.3f}",
             f"output      {self.output}  (key {self.key!r})",
+            *([f"table       {self.table}"] if self.table else []),
         ]
 
 
+INPUT_SUFFIXES = (".gz", ".zip", ".tgz", ".tar", ".h5ad", ".h5", ".hdf5", ".loom", ".csv", ".tsv", ".txt")
+
+
 def default_output(input_path: Path) -> Path:
-    return input_path.with_name(f"{input_path.stem}.annotated.h5ad")
+    """``INPUT.annotated.h5ad`` beside the input, without the input's format suffixes (``x.csv.gz`` -> ``x``)."""
+    name = input_path.resolve().name
+    while Path(name).suffix.lower() in INPUT_SUFFIXES and Path(name).stem:
+        name = Path(name).stem
+    return input_path.resolve().with_name(f"{name}.annotated.h5ad")
 
 
 def annotate(
@@ -68,11 +84,16 @@ def annotate(
     batch_size: int = DEFAULT_BATCH_SIZE,
     unassigned_threshold: float = DEFAULT_UNASSIGNED_THRESHOLD,
     min_gene_overlap: float = DEFAULT_MIN_GENE_OVERLAP,
+    species_map: bool = False,
+    table: Path | None = None,
+    read_options: ReadOptions | None = None,
 ) -> Summary:
-    """Annotate the cells of ``input_path`` with a model and write the annotated h5ad to ``output``.
+    """Annotate the cells of ``input_path`` (any format of :func:`runner.readers.read_input`) with a model.
 
-    The input is never modified; the output is written to a temporary file and renamed into place.
-    See :func:`runner.write.write_results` for every field written.
+    Writes the annotated h5ad to ``output`` (the matrix as read plus all results) and, with
+    ``table``, one row per cell to a csv, tsv or parquet file. The input is never modified; outputs
+    are written to temporary files and renamed into place. See :func:`runner.write.write_results`
+    for every field written.
     """
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
@@ -81,30 +102,34 @@ def annotate(
     output = output or default_output(input_path)
     if output.resolve() == input_path.resolve():
         raise UsageError(f"the output {output} is the input; cellzoo never modifies its input: choose another -o")
-    if output.exists() and not overwrite:
-        raise UsageError(f"output {output} exists; pass --overwrite to replace it, or choose another -o")
+    for path in (output, table):
+        if path is not None and path.exists() and not overwrite:
+            raise UsageError(f"output {path} exists; pass --overwrite to replace it, or choose another path")
+    if table is not None:
+        check_table_path(table)
+    read_options = read_options or ReadOptions()
+    if read_options.backed:
+        raise UsageError("--backed is for `cellzoo inspect`; annotate reads the query into memory")
 
-    adata = read_query(input_path)
+    adata, found = read_input(input_path, read_options)
+    for note in found.notes:
+        logger.warning("%s: %s", input_path.name, note)
     resolved = resolve_model_ref(model_ref)
     info = read_model_info(resolved.path)
     result_keys = ResultKeys(key_added or info.name)
     check_keys_free(adata, result_keys, overwrite)
-    counts = find_counts(adata, counts_layer)
-    alignment = align_genes(
-        counts.var, info.genes, model_id_type=info.gene_id_type, species=info.species, gene_column=gene_column
+    checked = check_query(
+        adata,
+        info,
+        counts_layer=counts_layer,
+        gene_column=gene_column,
+        species_map=species_map,
+        min_gene_overlap=min_gene_overlap,
     )
-    logger.info(
-        "gene overlap: %d of %d model genes (%.1f%%), names from %s",
-        alignment.n_present,
-        len(info.genes),
-        100 * alignment.fraction,
-        alignment.source,
-    )
-    check_overlap(alignment, info.gene_id_type, min_gene_overlap, counts.var.index)
+    alignment, counts = checked.alignment, checked.counts
 
     model = load_pyfunc(info)
-    aligned = (counts.matrix @ alignment.matrix).tocsr()
-    frame = predict_in_batches(model, aligned, alignment.present, info.genes, batch_size)
+    frame = predict_in_batches(model, checked.aligned, alignment.present, info.genes, batch_size)
     provenance = {
         "model": {
             "name": info.name,
@@ -118,6 +143,7 @@ def annotate(
         "runner_version": __version__,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "input": input_path.name,
+        "input_format": found.format,
         "params": {
             "env_manager": "local",
             "batch_size": batch_size,
@@ -125,19 +151,39 @@ def annotate(
             "min_gene_overlap": min_gene_overlap,
             "counts": counts.source,
             "gene_names": alignment.source,
+            "species": checked.species.name,
+            "species_map": species_map,
+            "read_options": " ".join(read_options.cli_args()),
+        },
+        "cells": {
+            "empty": int(checked.cells.empty.sum()),
+            "no_model_genes": int(checked.cells.no_overlap.sum()),
+            "duplicate_barcodes": checked.cells.n_duplicate_barcodes,
         },
         "gene_overlap": {
             "model_genes": len(info.genes),
+            "present_before_mapping": alignment.n_before,
             "present": alignment.n_present,
             "fraction": round(alignment.fraction, 4),
             "summed_duplicates": alignment.n_duplicates,
         },
     }
-    write_results(adata, frame, result_keys, unassigned_threshold=unassigned_threshold, provenance=provenance)
+    make_barcodes_unique(adata)  # before the results, so that every field is indexed by the unique names
+    write_results(
+        adata,
+        frame,
+        result_keys,
+        unassigned_threshold=unassigned_threshold,
+        provenance=provenance,
+        no_signal=checked.cells.no_signal,
+    )
     write_h5ad_atomic(adata, output)
+    if table is not None:
+        write_table_atomic(adata, result_keys, table)
     predicted = adata.obs[result_keys.predicted]
     return Summary(
         output=output,
+        table=table,
         key=result_keys.key,
         model=f"{info.name} {provenance['model']['version']} ({resolved.url})",
         n_cells=adata.n_obs,

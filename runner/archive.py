@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import tarfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
-from runner.errors import ModelError
+from runner.errors import CellzooError, ModelError
 
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamp: the same content gives the same bytes
 MAX_UNPACKED_BYTES = 2 * 1024**3  # refuse archives that unpack to more than this (zip bombs)
@@ -44,21 +46,42 @@ def pack_model_dir(model_dir: Path, archive: Path) -> tuple[str, int]:
     return sha256_file(archive), archive.stat().st_size
 
 
-def safe_extract(archive: Path, target: Path, max_bytes: int = MAX_UNPACKED_BYTES) -> None:
-    """Unpack a zip into ``target``, refusing absolute paths, ``..``, links and oversized content."""
+def _members(archive: Path, error: type[CellzooError]) -> list[tuple[str, int, bool]]:
+    """(name, size, is a link or not a plain file/folder) of each entry of a zip or tar archive."""
     try:
-        zf = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile as err:
-        raise ModelError(f"{archive} is not a zip archive ({err})") from err
-    with zf:
-        total = 0
-        for info in zf.infolist():
-            name = PurePosixPath(info.filename)
-            if name.is_absolute() or ".." in name.parts or "\\" in info.filename or ":" in info.filename:
-                raise ModelError(f"refusing archive {archive.name}: unsafe entry path {info.filename!r}")
-            if stat.S_ISLNK(info.external_attr >> 16):
-                raise ModelError(f"refusing archive {archive.name}: entry {info.filename!r} is a link")
-            total += info.file_size
-            if total > max_bytes:
-                raise ModelError(f"refusing archive {archive.name}: it unpacks to more than {max_bytes} bytes")
-        zf.extractall(target)
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                return [(i.filename, i.file_size, stat.S_ISLNK(i.external_attr >> 16)) for i in zf.infolist()]
+        with tarfile.open(archive) as tf:
+            return [(m.name, m.size, not (m.isfile() or m.isdir())) for m in tf.getmembers()]
+    except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError) as err:
+        raise error(f"{archive} is not a readable zip or tar archive ({err})") from err
+
+
+def safe_extract(
+    archive: Path, target: Path, max_bytes: int = MAX_UNPACKED_BYTES, error: type[CellzooError] = ModelError
+) -> None:
+    """Unpack a zip or tar archive into ``target``, refusing absolute paths, ``..``, links and oversized content.
+
+    Every entry is checked before anything is written; ``error`` is the type raised (a model archive
+    raises :class:`ModelError`, a query archive :class:`InputError`).
+    """
+    total = 0
+    for filename, size, is_link in _members(archive, error):
+        name = PurePosixPath(filename)
+        if name.is_absolute() or ".." in name.parts or "\\" in filename or ":" in filename:
+            raise error(f"refusing archive {archive.name}: unsafe entry path {filename!r}")
+        if is_link:
+            raise error(f"refusing archive {archive.name}: entry {filename!r} is a link or a special file")
+        total += size
+        if total > max_bytes:
+            raise error(f"refusing archive {archive.name}: it unpacks to more than {max_bytes} bytes")
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(target)
+        else:
+            with tarfile.open(archive) as tf:
+                tf.extractall(target, filter="data")
+    except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError, zlib.error) as err:
+        raise error(f"{archive} could not be unpacked ({err}); it may be truncated") from err

@@ -18,13 +18,32 @@ import typer
 
 from runner.errors import CellzooError, UsageError
 
-annotate_app = typer.Typer(add_completion=False, help="Annotate the cells of an h5ad file with a zoo model.")
+annotate_app = typer.Typer(
+    add_completion=False,
+    help="Annotate the cells of a query (h5ad, loom, 10x h5 / folder / zip, csv/tsv, HDF5) with a zoo model.",
+)
 cellzoo_app = typer.Typer(add_completion=False, no_args_is_help=True, help="cellzoo: the model zoo and its tools.")
 models_app = typer.Typer(no_args_is_help=True, help="The models of the registry.")
 cellzoo_app.add_typer(models_app, name="models")
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Say more (debug logging).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")]
+Genome = Annotated[str | None, typer.Option(help="10x HDF5 with several genomes: the one to read.")]
+Orientation = Annotated[
+    str | None, typer.Option(help="Tables and HDF5: cells-by-genes or genes-by-cells [default: detected].")
+]
+Transpose = Annotated[bool, typer.Option(help="Flip the detected orientation of a table or HDF5 matrix.")]
+MatrixKey = Annotated[str | None, typer.Option(help="Other HDF5: path of the matrix (see `cellzoo inspect`).")]
+ObsKey = Annotated[str | None, typer.Option(help="Other HDF5: path of the cell names.")]
+VarKey = Annotated[str | None, typer.Option(help="Other HDF5: path of the gene names.")]
+CountsLayer = Annotated[str | None, typer.Option(help="Layer holding the raw counts.")]
+GeneColumn = Annotated[str | None, typer.Option(help="var column with gene names of the model's id type.")]
+MinGeneOverlap = Annotated[
+    float, typer.Option(help="Refuse queries with fewer of the model's genes than this fraction.")
+]
+SpeciesMap = Annotated[
+    bool, typer.Option(help="Map genes of another species (human <-> mouse) to the model's by symbol; see README.")
+]
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
@@ -44,22 +63,30 @@ def _fail(err: CellzooError) -> typer.Exit:
 
 @annotate_app.command()
 def annotate(
-    input: Annotated[Path, typer.Argument(help="Query .h5ad file (raw counts in a layer, raw.X or X).")],
+    input: Annotated[Path, typer.Argument(help="Query: .h5ad, .loom, 10x .h5 / folder / .zip / .tar.gz, table, HDF5.")],
     model: Annotated[str, typer.Option("--model", "-m", help="NAME, NAME@VERSION, URL#sha256=HEX, model dir or zip.")],
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Output .h5ad \\[default: INPUT.annotated.h5ad].")
     ] = None,
     key_added: Annotated[str | None, typer.Option(help="Key K of the results \\[default: the model's name].")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file and existing result keys.")] = False,
-    counts_layer: Annotated[str | None, typer.Option(help="Layer holding the raw counts.")] = None,
-    gene_column: Annotated[str | None, typer.Option(help="var column with gene names of the model's id type.")] = None,
+    table: Annotated[
+        Path | None, typer.Option(help="Also write one row per cell to a .csv, .tsv or .parquet table.")
+    ] = None,
+    counts_layer: CountsLayer = None,
+    gene_column: GeneColumn = None,
+    species_map: SpeciesMap = False,
+    genome: Genome = None,
+    orientation: Orientation = None,
+    transpose: Transpose = False,
+    matrix_key: MatrixKey = None,
+    obs_key: ObsKey = None,
+    var_key: VarKey = None,
     batch_size: Annotated[int, typer.Option(help="Cells per model call.")] = 10_000,
     unassigned_threshold: Annotated[
         float, typer.Option(help="Cells with uncertainty above this are labelled 'Unassigned'.")
     ] = 0.5,
-    min_gene_overlap: Annotated[
-        float, typer.Option(help="Refuse queries with fewer of the model's genes than this fraction.")
-    ] = 0.2,
+    min_gene_overlap: MinGeneOverlap = 0.2,
     env_manager: Annotated[str, typer.Option(help="Where the model runs: only 'local' (in-process) so far.")] = "local",
     verbose: Verbose = False,
     quiet: Quiet = False,
@@ -67,7 +94,9 @@ def annotate(
     """Annotate INPUT with MODEL and write predictions, uncertainties, probabilities, embedding and UMAP."""
     _setup_logging(verbose, quiet)
     from runner.annotate import annotate as run_annotate
+    from runner.readers import ReadOptions
 
+    options = ReadOptions(genome, orientation, transpose, matrix_key, obs_key, var_key)
     try:
         if env_manager != "local":
             raise UsageError(f"--env-manager {env_manager!r} is not available yet; use 'local'")
@@ -82,11 +111,56 @@ def annotate(
             batch_size=batch_size,
             unassigned_threshold=unassigned_threshold,
             min_gene_overlap=min_gene_overlap,
+            species_map=species_map,
+            table=table,
+            read_options=options,
         )
     except CellzooError as err:
         raise _fail(err) from None
     for line in summary.lines():
         typer.echo(line)
+
+
+@cellzoo_app.command()
+def inspect(
+    input: Annotated[Path, typer.Argument(help="Query in any format `annotate` reads.")],
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Check the gene overlap and species against this model.")
+    ] = None,
+    counts_layer: CountsLayer = None,
+    gene_column: GeneColumn = None,
+    species_map: SpeciesMap = False,
+    genome: Genome = None,
+    orientation: Orientation = None,
+    transpose: Transpose = False,
+    matrix_key: MatrixKey = None,
+    obs_key: ObsKey = None,
+    var_key: VarKey = None,
+    min_gene_overlap: MinGeneOverlap = 0.2,
+    verbose: Verbose = False,
+) -> None:
+    """Say what INPUT holds and what the checks find, and print the `annotate` command that works. Writes nothing."""
+    _setup_logging(verbose, quiet=not verbose)
+    from runner.describe import inspect_input
+    from runner.readers import ReadOptions
+
+    options = ReadOptions(genome, orientation, transpose, matrix_key, obs_key, var_key)
+    try:
+        report = inspect_input(
+            input,
+            options,
+            model_ref=model,
+            counts_layer=counts_layer,
+            gene_column=gene_column,
+            species_map=species_map,
+            min_gene_overlap=min_gene_overlap,
+        )
+    except CellzooError as err:
+        raise _fail(err) from None
+    for line in report.lines():
+        typer.echo(line)
+    if not report.command:
+        raise typer.Exit(1)
 
 
 @models_app.command("list")

@@ -21,7 +21,9 @@ ENSEMBL = "ensembl"
 SYMBOL = "symbol"
 ENSEMBL_ID = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
 TABLES = Path(__file__).parent / "data"
-SPECIES_TABLES = {"human": "genes_human.tsv.gz", "mouse": "genes_mouse.tsv.gz"}
+HUMAN = "human"
+MOUSE = "mouse"
+SPECIES_TABLES = {HUMAN: "genes_human.tsv.gz", MOUSE: "genes_mouse.tsv.gz"}
 
 
 def id_type(names) -> str:
@@ -55,6 +57,86 @@ def translate(names: pd.Index, to: str, species: str) -> pd.Index:
     return pd.Index([lookup.get(k, "") for k in keys])
 
 
+@cache
+def _symbols(species: str) -> frozenset[str]:
+    return frozenset(_table(species)["symbol"].dropna())
+
+
+@cache
+def _upper_symbols(species: str) -> dict[str, str]:
+    """Upper-cased symbol -> the species' own spelling (first listed)."""
+    symbols = _table(species)["symbol"].dropna()
+    return dict(zip(symbols.str.upper()[::-1], symbols[::-1], strict=True))
+
+
+def known_gene_fraction(names) -> float:
+    """The share of ``names`` that are human or mouse gene symbols or Ensembl ids (case ignored).
+
+    Used to tell which side of a text table holds the genes.
+    """
+    names = pd.Index(names).astype(str)
+    sample = names[:: max(1, len(names) // 2000)]
+    if not len(sample):
+        return 0.0
+    upper = set(_upper_symbols(HUMAN)) | set(_upper_symbols(MOUSE))
+    hits = [bool(ENSEMBL_ID.match(n)) or n.upper() in upper for n in sample]
+    return float(np.mean(hits))
+
+
+@dataclass(frozen=True)
+class Species:
+    """The species a query's gene names come from, and why we think so."""
+
+    name: str  # "human", "mouse" or "unknown"
+    evidence: str
+
+
+def detect_species(names) -> Species:
+    """Human or mouse from gene names: the Ensembl prefix (ENSG / ENSMUSG), else the GENCODE symbol tables.
+
+    Symbols are matched as written first (human CD3E vs mouse Cd3e); names that are all upper case
+    are then compared case-insensitively on the symbols only one species has (e.g. mouse Gm and Rik
+    genes), which recognises upper-cased mouse symbols.
+    """
+    names = pd.Index(names).astype(str)
+    if id_type(names) == ENSEMBL:
+        human = int(names.str.startswith("ENSG").sum())
+        mouse = int(names.str.startswith("ENSMUSG").sum())
+        if human == mouse == 0:
+            return Species("unknown", "Ensembl ids of neither ENSG (human) nor ENSMUSG (mouse)")
+        species = HUMAN if human >= mouse else MOUSE
+        return Species(species, f"{human} ENSG (human) and {mouse} ENSMUSG (mouse) ids")
+    present = set(names)
+    human, mouse = len(present & _symbols(HUMAN)), len(present & _symbols(MOUSE))
+    if mouse > human:
+        return Species(MOUSE, f"{mouse} mouse and {human} human symbols as written")
+    upper = {n.upper() for n in present}
+    human_only = len(upper & (set(_upper_symbols(HUMAN)) - set(_upper_symbols(MOUSE))))
+    mouse_only = len(upper & (set(_upper_symbols(MOUSE)) - set(_upper_symbols(HUMAN))))
+    if mouse_only > human_only:
+        return Species(MOUSE, f"upper-cased mouse symbols: {mouse_only} mouse-only vs {human_only} human-only names")
+    if human == 0:
+        return Species("unknown", "no name is a human or mouse gene symbol or Ensembl id")
+    return Species(HUMAN, f"{human} human and {mouse} mouse symbols as written")
+
+
+def ortholog_symbols(names: pd.Index, source: str, target: str) -> pd.Index:
+    """``--species-map``: gene names of ``source`` species -> symbols of ``target`` by symbol spelling.
+
+    Ensembl ids are first translated to ``source`` symbols. A symbol maps to the ``target`` symbol
+    spelled the same up to case (mouse Cd3e <-> human CD3E); '' when ``target`` has no such symbol.
+    This finds the one-to-one orthologs that share a name (most protein-coding genes); it misses
+    orthologs with different names and cannot resolve one-to-many orthology.
+    """
+    if {source, target} - set(SPECIES_TABLES):
+        raise UsageError(f"--species-map maps between {' and '.join(SPECIES_TABLES)} only, not {source} -> {target}")
+    names = pd.Index(names).astype(str)
+    if id_type(names) == ENSEMBL:
+        names = translate(names, SYMBOL, source)
+    lookup = _upper_symbols(target)
+    return pd.Index([lookup.get(n.upper(), "") if n else "" for n in names])
+
+
 @dataclass(frozen=True)
 class Alignment:
     """How query genes map onto the model's genes."""
@@ -63,6 +145,7 @@ class Alignment:
     present: np.ndarray  # model genes found in the query (bool, model order)
     source: str  # where the query's gene names came from, and any translation
     n_duplicates: int  # query genes that were summed into a model gene another query gene also maps to
+    n_before: int = 0  # model genes matched by the query's names as given, before any mapping
 
     @property
     def n_present(self) -> int:
@@ -99,13 +182,20 @@ def align_genes(
     model_id_type: str,
     species: str,
     gene_column: str | None = None,
+    query_species: str | None = None,
 ) -> Alignment:
     """Map the query's genes onto the model's, translating Ensembl ids <-> symbols when needed.
 
-    Several query genes that map to one model gene (duplicate names, or ids that share a symbol) are
-    summed, with a warning giving their number.
+    With ``query_species`` other than the model's ``species`` (``--species-map``), names are first
+    mapped to the model's species by :func:`ortholog_symbols`. Several query genes that map to one
+    model gene (duplicate names, or ids that share a symbol) are summed, with a warning giving their
+    number.
     """
     names, source = query_gene_names(var, gene_column, model_id_type)
+    n_before = int(np.isin(model_genes, names).sum())
+    if query_species is not None and query_species != species:
+        names = ortholog_symbols(names, query_species, species)
+        source = f"{source} mapped {query_species} -> {species} by symbol (--species-map)"
     if id_type(names) != model_id_type and gene_column is None:
         translated = translate(names, model_id_type, species)
         before = int(np.isin(model_genes, names).sum())
@@ -133,7 +223,9 @@ def align_genes(
             n_duplicates,
             ", ".join(examples),
         )
-    return Alignment(matrix=matrix, present=per_model_gene > 0, source=source, n_duplicates=n_duplicates)
+    return Alignment(
+        matrix=matrix, present=per_model_gene > 0, source=source, n_duplicates=n_duplicates, n_before=n_before
+    )
 
 
 def check_overlap(alignment: Alignment, model_id_type: str, min_fraction: float, example_names) -> None:

@@ -1,20 +1,32 @@
-"""Reading the query and finding its raw counts."""
+"""The checks on a query before any model runs: its raw counts, its genes and species, its cells."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
 from runner.errors import InputError, UsageError
+from runner.genes import (
+    Alignment,
+    Species,
+    align_genes,
+    check_overlap,
+    detect_species,
+    id_type,
+    known_gene_fraction,
+)
 
 logger = logging.getLogger(__name__)
 
 COUNT_CHECK_VALUES = 2_000_000  # values inspected for integrality (the first ones; enough to catch log data)
+INTEGER_TOLERANCE = 1e-6  # values this close to an integer are counts written as floats (e.g. 0.999999999)
+LOG_MAX = 30.0  # non-integer data whose maximum is below this looks log-transformed
+MIN_GENE_SHARE = 0.2  # names of which this share are known genes are gene names
+TOTALS_SPREAD = 1e-3  # non-integer data whose cell totals vary less than this (relative) looks normalised
 
 
 @dataclass(frozen=True)
@@ -24,56 +36,233 @@ class Counts:
     source: str  # "layers['counts']", "raw.X" or "X"
 
 
-def read_query(path: Path):
-    """Read an h5ad file into memory (the file itself is only read)."""
-    import anndata as ad
-    import h5py
+def as_csr(x) -> sp.csr_matrix:
+    """Any matrix AnnData holds (dense, sparse, backed) as CSR, in memory."""
+    if hasattr(x, "to_memory"):
+        x = x.to_memory()
+    elif not (sp.issparse(x) or isinstance(x, np.ndarray)):
+        x = x[()]
+    return sp.csr_matrix(x)
 
-    if not path.exists():
-        raise UsageError(f"input file {path} does not exist")
-    if path.is_dir():
-        raise UsageError(f"input {path} is a folder; give an .h5ad file")
-    if not h5py.is_hdf5(path):
-        raise InputError(f"{path} is not an h5ad file (not HDF5). Convert it with scanpy/anndata and write .h5ad.")
-    try:
-        return ad.read_h5ad(path)
-    except (OSError, KeyError, ValueError, TypeError) as err:
-        raise InputError(f"{path} is HDF5 but could not be read as h5ad: {err}") from err
+
+def candidates(adata) -> list[tuple[str, object, pd.DataFrame]]:
+    """Where raw counts may be, in the order they are looked for: the layers, ``raw.X``, ``X``."""
+    found = [(f"layers[{name!r}]", adata.layers[name], adata.var) for name in adata.layers]
+    if adata.raw is not None:
+        found.append(("raw.X", adata.raw.X, adata.raw.var))
+    return [*found, ("X", adata.X, adata.var)]
+
+
+def _fractional(values: np.ndarray) -> np.ndarray:
+    """The values (among the first ``COUNT_CHECK_VALUES``) farther than ``INTEGER_TOLERANCE`` from an integer."""
+    sample = values[:COUNT_CHECK_VALUES]
+    return sample[np.abs(sample - np.round(sample)) > INTEGER_TOLERANCE]
+
+
+def counts_problem(matrix: sp.csr_matrix) -> str:
+    """Why ``matrix`` is not raw counts ('' when it is): empty, NaN, negative, or non-integer values."""
+    values = matrix.data
+    if matrix.shape[0] == 0 or matrix.shape[1] == 0:
+        return f"is empty ({matrix.shape[0]} cells x {matrix.shape[1]} genes)"
+    if np.isnan(values).any() or np.isinf(values).any():
+        n = int((~np.isfinite(values)).sum())
+        return f"holds NaN or infinite values ({n} of them); raw counts are finite integers"
+    if (values < 0).any():
+        return f"holds negative values ({int((values < 0).sum())}, min {values.min():.3g}): not raw counts"
+    fractional = _fractional(values)
+    if not fractional.size:
+        return ""
+    totals = np.asarray(matrix.sum(axis=1)).ravel()
+    if totals.size > 1 and totals.std() <= TOTALS_SPREAD * totals.mean():
+        looks = f"normalised: every cell sums to {totals.mean():.6g}"
+    elif values.max() < LOG_MAX:
+        looks = f"log-transformed (max {values.max():.3g})"
+    else:
+        looks = "normalised or scaled"
+    return f"holds non-integer values (e.g. {fractional[0]:.4g}): it looks {looks}, not raw counts"
+
+
+def describe_values(matrix: sp.csr_matrix) -> str:
+    """What the values of a matrix look like, in one line (for ``cellzoo inspect``)."""
+    if matrix.nnz == 0:
+        return "all zero"
+    values = matrix.data
+    integer = not _fractional(values).size
+    totals = np.asarray(matrix.sum(axis=1)).ravel()
+    return (
+        f"{'integers' if integer else 'non-integer values'}, min {np.nanmin(values):.4g}, max {np.nanmax(values):.4g}, "
+        f"median {np.nanmedian(totals):.5g} per cell, {matrix.nnz / np.prod(matrix.shape):.1%} non-zero"
+    )
 
 
 def find_counts(adata, layer: str | None = None) -> Counts:
-    """The raw counts: the named layer, else ``raw.X``, else ``X``; checked to look like counts."""
+    """The raw counts: the named layer, else ``raw.X``, else ``X``; checked to look like counts.
+
+    Values within 1e-6 of an integer (counts written as floats by a text export) are rounded, in a
+    copy. Data that are not counts are refused, naming a layer that holds counts when there is one.
+    """
     if layer is not None:
         if layer not in adata.layers:
             raise UsageError(
                 f"--counts-layer {layer!r} is not a layer of the input; layers: {', '.join(adata.layers) or 'none'}"
             )
-        counts = Counts(sp.csr_matrix(adata.layers[layer]), adata.var, f"layers[{layer!r}]")
+        source, x, var = f"layers[{layer!r}]", adata.layers[layer], adata.var
     elif adata.raw is not None:
-        counts = Counts(sp.csr_matrix(adata.raw.X), adata.raw.var, "raw.X")
+        source, x, var = "raw.X", adata.raw.X, adata.raw.var
     else:
-        counts = Counts(sp.csr_matrix(adata.X), adata.var, "X")
-    check_counts(counts, list(adata.layers))
-    return counts
+        source, x, var = "X", adata.X, adata.var
+    matrix = as_csr(x)
+    problem = counts_problem(matrix)
+    if problem:
+        hint = "" if matrix.shape[0] * matrix.shape[1] == 0 else f" {_counts_hint(adata, source)}"
+        raise InputError(f"{source} {problem}.{hint}")
+    if matrix.nnz and not np.array_equal(matrix.data, np.round(matrix.data)):
+        matrix = matrix.copy()
+        matrix.data = np.round(matrix.data)
+    logger.info("counts from %s: %d cells x %d genes", source, *matrix.shape)
+    return Counts(matrix, var, source)
 
 
-def check_counts(counts: Counts, layers: list[str]) -> None:
-    values = counts.matrix.data
-    hint = (
-        f"The model needs raw counts: pass --counts-layer with the layer that holds them "
-        f"(layers: {', '.join(layers) or 'none'}), or keep raw counts in X or raw.X."
+def _counts_hint(adata, failed: str) -> str:
+    """Where the counts may be instead: a layer (or raw.X) that holds counts, else the general advice."""
+    for source, x, _ in candidates(adata):
+        if source != failed and not counts_problem(as_csr(x)):
+            flag = f"--counts-layer {source[8:-2]}" if source.startswith("layers") else "(raw.X is used by default)"
+            return f"{source} holds raw counts: pass {flag}."
+    layers = ", ".join(adata.layers) or "none"
+    return (
+        f"The model needs raw counts: pass --counts-layer with the layer that holds them (layers: {layers}), "
+        "or keep raw counts in X or raw.X."
     )
-    if counts.matrix.shape[0] == 0 or counts.matrix.shape[1] == 0:
-        raise InputError(f"{counts.source} is empty ({counts.matrix.shape[0]} cells x {counts.matrix.shape[1]} genes)")
-    if np.isnan(values).any() or np.isinf(values).any():
-        raise InputError(f"{counts.source} holds NaN or infinite values; raw counts are finite integers. {hint}")
-    if (values < 0).any():
-        raise InputError(f"{counts.source} holds negative values (min {values.min():.3g}): not raw counts. {hint}")
-    sample = values[:COUNT_CHECK_VALUES]
-    fractional = sample[sample != np.round(sample)]
-    if fractional.size:
+
+
+@dataclass
+class Cells:
+    """Cells that carry no signal for the model, and duplicate barcodes: counted, never dropped silently."""
+
+    n_cells: int
+    empty: np.ndarray  # bool: zero counts over all genes
+    no_overlap: np.ndarray  # bool: counts, but none in the model's genes
+    n_duplicate_barcodes: int
+
+    @property
+    def no_signal(self) -> np.ndarray:
+        return self.empty | self.no_overlap
+
+    def warnings(self) -> list[str]:
+        out = []
+        if self.empty.any():
+            out.append(
+                f"{int(self.empty.sum())} of {self.n_cells} cells have zero counts: they are labelled Unassigned"
+            )
+        if self.no_overlap.any():
+            out.append(
+                f"{int(self.no_overlap.sum())} of {self.n_cells} cells have no counts in the model's genes: "
+                "they are labelled Unassigned"
+            )
+        if self.n_duplicate_barcodes:
+            out.append(
+                f"{self.n_duplicate_barcodes} duplicate cell barcodes: made unique in the output by appending "
+                "-1, -2, ... (anndata's obs_names_make_unique)"
+            )
+        return out
+
+
+def check_cells(counts: Counts, aligned: sp.csr_matrix, obs_names) -> Cells:
+    """Empty cells, cells without counts in the model's genes, duplicate barcodes; refuse if no cell is left."""
+    totals = np.asarray(counts.matrix.sum(axis=1)).ravel()
+    in_model = np.asarray(aligned.sum(axis=1)).ravel()
+    cells = Cells(
+        n_cells=len(totals),
+        empty=totals == 0,
+        no_overlap=(in_model == 0) & (totals > 0),
+        n_duplicate_barcodes=int(pd.Index(obs_names).duplicated().sum()),
+    )
+    if cells.no_signal.all():
         raise InputError(
-            f"{counts.source} holds non-integer values (e.g. {fractional[0]:.4g}): it looks normalised or "
-            f"log-transformed, not raw counts. {hint}"
+            f"none of the {cells.n_cells} cells has counts in the model's genes ({int(cells.empty.sum())} have no "
+            "counts at all): check that the matrix is cells x genes (--orientation) and holds the counts"
         )
-    logger.info("counts from %s: %d cells x %d genes", counts.source, *counts.matrix.shape)
+    return cells
+
+
+@dataclass
+class CheckedQuery:
+    """A query that passed the checks: counts, species, gene alignment, cells, and the warnings to show."""
+
+    counts: Counts
+    id_type: str
+    species: Species
+    alignment: Alignment
+    aligned: sp.csr_matrix  # cells x model genes, raw counts in the model's gene order
+    cells: Cells
+    warnings: list[str] = field(default_factory=list)
+
+
+def check_orientation(obs_names, var_names) -> None:
+    """Refuse a matrix whose cell names are gene names and whose gene names are not: it is transposed."""
+    cells, genes = known_gene_fraction(obs_names[:5000]), known_gene_fraction(var_names)
+    if cells >= MIN_GENE_SHARE and cells > genes:
+        raise InputError(
+            f"the matrix looks transposed: {cells:.0%} of the cell names are gene names (e.g. "
+            f"{', '.join(map(str, obs_names[:3]))}) but only {genes:.0%} of the gene names are. Pass --transpose, "
+            "or --orientation genes-by-cells (genes in the first column) / cells-by-genes (genes in the header)"
+        )
+
+
+def check_species(species: Species, model_species: str, species_map: bool) -> None:
+    """A query of another species than the model's is refused unless ``--species-map`` is given."""
+    if species.name in ("unknown", model_species) or species_map:
+        return
+    raise InputError(
+        f"the query's genes look {species.name} ({species.evidence}) but the model is for {model_species}: "
+        f"use a {species.name} model, or pass --species-map to map genes to {model_species} orthologs by symbol "
+        "(one-to-one orthologs that share a name only; see the README)"
+    )
+
+
+def check_query(
+    adata,
+    info,
+    *,
+    counts_layer: str | None = None,
+    gene_column: str | None = None,
+    species_map: bool = False,
+    min_gene_overlap: float = 0.2,
+) -> CheckedQuery:
+    """Every check before a model runs, in order: counts, gene ids and species, overlap, cells.
+
+    ``info`` is the model's :class:`runner.invoke.ModelInfo`. Raises :class:`InputError` (or
+    ``UsageError``) at the first problem; what is only worth a warning is logged and returned.
+    """
+    counts = find_counts(adata, counts_layer)
+    names = counts.var.index
+    check_orientation(adata.obs_names, names)
+    species = detect_species(names)
+    check_species(species, info.species, species_map)
+    query_species = species.name if species_map and species.name != "unknown" else None
+    alignment = align_genes(
+        counts.var,
+        info.genes,
+        model_id_type=info.gene_id_type,
+        species=info.species,
+        gene_column=gene_column,
+        query_species=query_species,
+    )
+    logger.info(
+        "gene overlap: %d of %d model genes (%.1f%%) after mapping, %d before; names from %s",
+        alignment.n_present,
+        len(info.genes),
+        100 * alignment.fraction,
+        alignment.n_before,
+        alignment.source,
+    )
+    check_overlap(alignment, info.gene_id_type, min_gene_overlap, names)
+    aligned = (counts.matrix @ alignment.matrix).tocsr()
+    cells = check_cells(counts, aligned, adata.obs_names)
+    warnings = cells.warnings()
+    if species.name == "unknown":
+        warnings.append(f"species not recognised from the gene names ({species.evidence})")
+    for line in warnings:
+        logger.warning(line)
+    return CheckedQuery(counts, id_type(names), species, alignment, aligned, cells, warnings)

@@ -11,8 +11,10 @@ import numpy as np
 import pandas as pd
 
 from runner import keys
-from runner.errors import OutputError
+from runner.errors import OutputError, UsageError
 from runner.keys import ResultKeys
+
+TABLE_SEPARATORS = {".csv": ",", ".tsv": "\t", ".parquet": ""}  # '' : parquet
 
 
 def existing_keys(adata, result: ResultKeys) -> list[str]:
@@ -36,17 +38,42 @@ def _columns(frame: pd.DataFrame, prefix: str) -> list[str]:
     return [c for c in frame.columns if c.startswith(prefix)]
 
 
+def make_barcodes_unique(adata) -> int:
+    """Make duplicate cell barcodes unique (anndata's rule: append ``-1``, ``-2``, ...); their number.
+
+    Writes
+    ------
+    ``obs_names``
+        unchanged where unique; duplicates get a suffix.
+    """
+    n = int(adata.obs_names.duplicated().sum())
+    if n:
+        adata.obs_names_make_unique()
+    return n
+
+
 def write_results(
-    adata, frame: pd.DataFrame, result: ResultKeys, *, unassigned_threshold: float, provenance: dict
+    adata,
+    frame: pd.DataFrame,
+    result: ResultKeys,
+    *,
+    unassigned_threshold: float,
+    provenance: dict,
+    no_signal: np.ndarray | None = None,
 ) -> None:
     """Write a model's predictions into ``adata``.
+
+    Cells in ``no_signal`` (no counts, or none in the model's genes) are ``Unassigned`` with
+    uncertainty 1, whatever the model said of them.
 
     Writes
     ------
     ``obs[K_predicted]``
-        categorical label; ``Unassigned`` where the uncertainty is above ``unassigned_threshold``.
+        categorical label; ``Unassigned`` where the uncertainty is above ``unassigned_threshold``
+        and for ``no_signal`` cells.
     ``obs[K_uncertainty]``
-        float in [0, 1]; 0 = certain (what it means is in the model card and ``uns[K]``).
+        float in [0, 1]; 0 = certain (what it means is in the model card and ``uns[K]``); 1 for
+        ``no_signal`` cells.
     ``obs[K_ontology_term_id]``
         Cell Ontology id of the predicted label ('' when unassigned or unknown).
     ``obsm[K_probabilities]``
@@ -57,8 +84,12 @@ def write_results(
         provenance of the run.
     """
     index = adata.obs_names
-    uncertainty = frame[keys.UNCERTAINTY].to_numpy(dtype=np.float32)
+    uncertainty = frame[keys.UNCERTAINTY].to_numpy(dtype=np.float32).copy()
+    if no_signal is not None:
+        uncertainty[no_signal] = 1.0
     unassigned = uncertainty > unassigned_threshold
+    if no_signal is not None:
+        unassigned |= no_signal
     labels = frame[keys.LABEL].astype(str).to_numpy(dtype=object)
     labels[unassigned] = keys.UNASSIGNED
     prob_cols = _columns(frame, keys.PROB_PREFIX)
@@ -80,16 +111,60 @@ def write_results(
     adata.uns[result.provenance] = provenance
 
 
-def write_h5ad_atomic(adata, path: Path) -> None:
-    """Write ``adata`` to a temporary file beside ``path`` and rename it into place."""
+@contextlib.contextmanager
+def _atomic_path(path: Path):
+    """A temporary path beside ``path``, renamed into place when the block succeeds, removed otherwise."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        adata.write_h5ad(tmp, compression="gzip")
+        yield tmp
         os.replace(tmp, path)
     except OSError as err:
         raise OutputError(f"could not write {path}: {err}") from err
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def write_h5ad_atomic(adata, path: Path) -> None:
+    """Write ``adata`` to a temporary file beside ``path`` and rename it into place."""
+    with _atomic_path(path) as tmp:
+        adata.write_h5ad(tmp, compression="gzip")
+
+
+def check_table_path(path: Path) -> None:
+    """Refuse a ``--table`` path whose format is unknown, before anything runs."""
+    if path.suffix.lower() not in TABLE_SEPARATORS:
+        raise UsageError(
+            f"--table {path}: unknown table format {path.suffix!r}; use one of {', '.join(TABLE_SEPARATORS)}"
+        )
+
+
+def results_table(adata, result: ResultKeys) -> pd.DataFrame:
+    """One row per cell: barcode, label, uncertainty, ontology id and ``prob:<class>`` per class."""
+    table = pd.DataFrame(
+        {
+            "barcode": adata.obs_names.astype(str),
+            keys.LABEL: adata.obs[result.predicted].astype(str).to_numpy(),
+            keys.UNCERTAINTY: adata.obs[result.uncertainty].to_numpy(),
+            keys.ONTOLOGY_TERM_ID: adata.obs[result.ontology_term_id].astype(str).to_numpy(),
+        }
+    )
+    if result.probabilities in adata.obsm:
+        probs = adata.obsm[result.probabilities]
+        for column in probs.columns:
+            table[f"{keys.PROB_PREFIX}{column}"] = probs[column].to_numpy()
+    return table
+
+
+def write_table_atomic(adata, result: ResultKeys, path: Path) -> None:
+    """Write :func:`results_table` as csv, tsv or parquet (by suffix) to a temporary file renamed into place."""
+    check_table_path(path)
+    table = results_table(adata, result)
+    with _atomic_path(path) as tmp:
+        separator = TABLE_SEPARATORS[path.suffix.lower()]
+        if separator:
+            table.to_csv(tmp, sep=separator, index=False)
+        else:
+            table.to_parquet(tmp, index=False)

@@ -1,0 +1,144 @@
+"""``cellzoo inspect``: what an input holds, what the checks find, and the ``annotate`` command that works.
+
+Runs the same readers and checks as ``annotate`` (:mod:`runner.readers`, :func:`runner.query.check_query`)
+and writes nothing. Where a check fails and an option fixes it (a counts layer, ``--species-map``,
+``--genome``), the option is tried and, when it works, put into the suggested command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner.errors import CellzooError
+from runner.genes import detect_species, id_type
+from runner.query import as_csr, candidates, check_query, counts_problem, describe_values
+from runner.readers import H5AD, HDF5, TENX_H5, ReadOptions, detect_format, hdf5_tree, read_input, tenx_genomes
+
+INSPECT_CELLS = 10_000  # h5ad files are opened backed and checked on their first cells
+ID_WORDS = {"ensembl": "Ensembl ids", "symbol": "symbols"}
+
+
+@dataclass
+class Report:
+    """The lines ``cellzoo inspect`` prints, the problems found, and the command that works (if any)."""
+
+    rows: list[tuple[str, str]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    command: str = ""
+
+    def add(self, label: str, text: str) -> None:
+        self.rows.append((label, text))
+
+    def lines(self) -> list[str]:
+        out = [f"{label:<12}{text}" for label, text in self.rows]
+        out += ["problems", *(f"  - {p}" for p in self.problems)] if self.problems else ["problems    none found"]
+        out.append(f"command     {self.command}" if self.command else "command     none works yet: fix the problems")
+        return out
+
+
+def inspect_input(
+    path: Path,
+    options: ReadOptions,
+    *,
+    model_ref: str | None = None,
+    counts_layer: str | None = None,
+    gene_column: str | None = None,
+    species_map: bool = False,
+    min_gene_overlap: float = 0.2,
+) -> Report:
+    """Describe ``path`` and check it against ``model_ref`` (when given), as ``annotate`` would."""
+    report = Report()
+    report.add("file", str(path))
+    kind = detect_format(path, options)
+    if kind == TENX_H5 and options.genome is None:
+        genomes = tenx_genomes(path)
+        if len(genomes) > 1:
+            options = dataclasses.replace(options, genome=genomes[0])
+            report.problems.append(
+                f"several genomes: {', '.join(genomes)}; showing {genomes[0]} (choose with --genome)"
+            )
+    adata, found = read_input(path, dataclasses.replace(options, backed=kind == H5AD))
+    n_cells = adata.n_obs
+    if found.format.startswith(H5AD):
+        adata = adata[: min(INSPECT_CELLS, n_cells)].to_memory()
+    report.add("format", found.format)
+    report.add("shape", f"{n_cells} cells x {adata.n_vars} genes")
+    report.add("orientation", found.orientation)
+    if kind == HDF5:
+        report.add("tree", "\n" + hdf5_tree(path))
+    report.problems += found.notes
+    for i, (source, x, _) in enumerate(candidates(adata)):
+        matrix = as_csr(x)
+        problem = counts_problem(matrix)
+        report.add("" if i else "counts", f"{source}: {describe_values(matrix)}")
+        if problem:
+            report.add("", f"  not raw counts: {problem}")
+    if n_cells > adata.n_obs:
+        report.add("", f"(values checked on the first {adata.n_obs} of {n_cells} cells)")
+    names = adata.var_names
+    examples = ", ".join(map(str, names[:3]))
+    columns = ", ".join(adata.var.columns) or "none"
+    report.add("gene ids", f"{ID_WORDS[id_type(names)]} in var_names (e.g. {examples}); var columns: {columns}")
+    species = detect_species(names)
+    report.add("species", f"{species.name} ({species.evidence})")
+    n_dup = int(adata.var_names.duplicated().sum())
+    if n_dup:
+        report.problems.append(f"{n_dup} duplicate gene names: summed when aligned to a model")
+    if model_ref is None:
+        report.command = _command(path, "MODEL", options, counts_layer, species_map, {"gene_column": gene_column})
+        return report
+    checks = {"gene_column": gene_column, "min_gene_overlap": min_gene_overlap}
+    return _check_with_model(report, adata, path, options, model_ref, counts_layer, species_map, checks)
+
+
+def _check_with_model(report, adata, path, options, model_ref, counts_layer, species_map, checks: dict) -> Report:
+    from runner.invoke import read_model_info
+    from runner.resolve import resolve_model_ref
+
+    info = read_model_info(resolve_model_ref(model_ref).path)
+    report.add("model", f"{info.name} ({info.species}, gene {info.gene_id_type}s, {len(info.genes)} genes)")
+    layers = [counts_layer] if counts_layer else [None, *adata.layers]
+    attempts = [(layer, smap) for smap in dict.fromkeys([species_map, True]) for layer in layers]
+    first_error: CellzooError | None = None
+    for layer, smap in attempts:
+        try:
+            checked = check_query(adata, info, counts_layer=layer, species_map=smap, **checks)
+        except CellzooError as err:
+            first_error = first_error or err
+            continue
+        if first_error is not None:
+            report.problems.append(f"as given: {first_error}")
+        a = checked.alignment
+        report.add(
+            "overlap",
+            f"{a.n_before} of {len(info.genes)} model genes before mapping, {a.n_present} after ({a.fraction:.1%})",
+        )
+        report.add("", f"names from {a.source}; counts from {checked.counts.source}")
+        report.problems += checked.warnings
+        report.command = _command(path, model_ref, options, layer, smap, checks)
+        return report
+    report.problems.append(str(first_error))
+    return report
+
+
+def _command(path, model_ref, options, counts_layer, species_map, checks: dict) -> str:
+    from runner.annotate import default_output
+
+    args = [
+        "annotate",
+        shlex.quote(str(path)),
+        "-m",
+        shlex.quote(model_ref),
+        "-o",
+        shlex.quote(str(default_output(path))),
+    ]
+    args += options.cli_args()
+    args += [f"--counts-layer {shlex.quote(counts_layer)}"] if counts_layer else []
+    gene_column, min_overlap = checks.get("gene_column"), checks.get("min_gene_overlap", 0.2)
+    args += [f"--gene-column {shlex.quote(gene_column)}"] if gene_column else []
+    args += [f"--min-gene-overlap {min_overlap}"] if min_overlap != 0.2 else []
+    args += ["--species-map"] if species_map else []
+    return " ".join(args)
