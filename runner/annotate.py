@@ -68,11 +68,16 @@ def annotate(
     batch_size: int = DEFAULT_BATCH_SIZE,
     unassigned_threshold: float = DEFAULT_UNASSIGNED_THRESHOLD,
     min_gene_overlap: float = DEFAULT_MIN_GENE_OVERLAP,
+    trust: bool = False,
+    offline: bool = False,
+    tracking_uri: str | None = None,
+    registries: list[Path] | tuple[Path, ...] = (),
 ) -> Summary:
     """Annotate the cells of ``input_path`` with a model and write the annotated h5ad to ``output``.
 
     The input is never modified; the output is written to a temporary file and renamed into place.
-    See :func:`runner.write.write_results` for every field written.
+    See :func:`runner.write.write_results` for every field written. ``trust``, ``offline``,
+    ``tracking_uri`` and ``registries`` are passed to :func:`runner.resolve.resolve_model_ref`.
     """
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
@@ -85,7 +90,9 @@ def annotate(
         raise UsageError(f"output {output} exists; pass --overwrite to replace it, or choose another -o")
 
     adata = read_query(input_path)
-    resolved = resolve_model_ref(model_ref)
+    resolved = resolve_model_ref(
+        model_ref, trust=trust, offline=offline, tracking_uri=tracking_uri, registries=registries
+    )
     info = read_model_info(resolved.path)
     result_keys = ResultKeys(key_added or info.name)
     check_keys_free(adata, result_keys, overwrite)
@@ -113,6 +120,8 @@ def annotate(
             "reference": resolved.reference,
             "url": resolved.url,
             "sha256": resolved.sha256,
+            "registry_version": resolved.registry_version,
+            "tracking_uri": resolved.tracking_uri,
             "uncertainty": str(info.metadata.get("uncertainty", "")),
         },
         "runner_version": __version__,
