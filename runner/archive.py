@@ -6,6 +6,7 @@ import hashlib
 import os
 import stat
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from runner.errors import ModelError
@@ -61,4 +62,7 @@ def safe_extract(archive: Path, target: Path, max_bytes: int = MAX_UNPACKED_BYTE
             total += info.file_size
             if total > max_bytes:
                 raise ModelError(f"refusing archive {archive.name}: it unpacks to more than {max_bytes} bytes")
-        zf.extractall(target)
+        try:
+            zf.extractall(target)
+        except (zipfile.BadZipFile, zlib.error) as err:  # a corrupt entry, or sizes that lie
+            raise ModelError(f"refusing archive {archive.name}: {err}") from err

@@ -141,7 +141,10 @@ def store_archive(archive: Path, source: str) -> tuple[Path, str]:
 def _install(archive: Path, sha256: str, source: str) -> Path:
     """Unpack a verified archive beside it and rename both into place (the lock is held)."""
     unpacked = archive.parent / "model"
-    safe_extract(archive, unpacked)
+    try:
+        safe_extract(archive, unpacked)
+    except ModelError as err:
+        raise ModelError(f"{source}: {err}") from err
     if not (unpacked / "MLmodel").is_file():
         raise ModelError(f"{source} is not an MLflow model archive (no MLmodel at its root)")
     target, kept = cached_model_dir(sha256), cached_archive(sha256)

@@ -180,6 +180,7 @@ def models_show(
 def models_pull(
     refs: Annotated[list[str], typer.Argument(help="Model references (NAME, NAME@VERSION, pinned URL, ...).")],
     trust: Trust = False,
+    offline: Offline = False,
     tracking_uri: TrackingUri = None,
     registry: Registries = None,
     verbose: Verbose = False,
@@ -191,7 +192,9 @@ def models_pull(
 
     with _user_errors():
         for ref in refs:
-            resolved = resolve_model_ref(ref, trust=trust, tracking_uri=tracking_uri, registries=registry or ())
+            resolved = resolve_model_ref(
+                ref, trust=trust, offline=offline, tracking_uri=tracking_uri, registries=registry or ()
+            )
             typer.echo(f"{ref}  sha256 {resolved.sha256 or '-'}  {resolved.path}")
 
 

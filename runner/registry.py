@@ -165,7 +165,9 @@ def load_registry(path: Path | None = None) -> Registry:
         root = yaml.compose(text)
         doc = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise RegistryError(f"registry {path} is not valid YAML: {err}") from err
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise RegistryError(f"{where}: registry is not valid YAML: {err}") from err
     lines = _Lines(path, root)
     if not isinstance(doc, dict) or doc.get("schema_version") != SCHEMA_VERSION:
         raise RegistryError(f"{lines.at()}: expected 'schema_version: {SCHEMA_VERSION}' at the top")
