@@ -39,9 +39,7 @@ Trust = Annotated[
     bool,
     typer.Option(help="Load a model that is neither in a registry nor pinned by sha256 (its code will run)."),
 ]
-Offline = Annotated[
-    bool, typer.Option(envvar="CELLZOO_OFFLINE", help="Use no network: only cached or local models.")
-]
+Offline = Annotated[bool, typer.Option(envvar="CELLZOO_OFFLINE", help="Use no network: only cached or local models.")]
 TrackingUri = Annotated[
     str | None,
     typer.Option(envvar="MLFLOW_TRACKING_URI", help="MLflow tracking server for models:/ and runs:/ references."),
@@ -85,7 +83,9 @@ def annotate(
     input: Annotated[Path, typer.Argument(help="Query .h5ad file (raw counts in a layer, raw.X or X).")],
     model: Annotated[
         str,
-        typer.Option("--model", "-m", help="NAME, NAME@VERSION, URL#sha256=HEX, URL, model dir or zip, models:/NAME/N."),
+        typer.Option(
+            "--model", "-m", help="NAME, NAME@VERSION, URL#sha256=HEX, URL, model dir or zip, models:/NAME/N."
+        ),
     ],
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Output .h5ad [default: INPUT.annotated.h5ad].")
@@ -153,9 +153,7 @@ def models_list(registry: Registries = None) -> None:
 
 
 @models_app.command("show")
-def models_show(
-    ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION.")], registry: Registries = None
-) -> None:
+def models_show(ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION.")], registry: Registries = None) -> None:
     """Everything the registry says of a model, the pinned reference to cite, and its model card."""
     _setup_logging(False, False)
     from runner.cache import is_cached, model_card

@@ -139,9 +139,7 @@ def load_registries(extra: list[Path] | tuple[Path, ...] = ()) -> Registry:
         layer = load_registry(path)
         for name in layer.names():
             if name in entries:
-                logger.warning(
-                    "warning: model %r of registry %s shadows the one of %s", name, path, origin[name]
-                )
+                logger.warning("warning: model %r of registry %s shadows the one of %s", name, path, origin[name])
             entries[name], defaults[name], origin[name] = layer.entries[name], layer.defaults[name], path
     return Registry(path=files[-1], entries=entries, defaults=defaults, files=tuple(files))
 
@@ -184,9 +182,7 @@ def load_registry(path: Path | None = None) -> Registry:
         extra = set(spec) - {"default", "versions"}
         if extra:
             raise RegistryError(f"{where}: unknown field(s) {sorted(extra)}; a model has 'default' and 'versions'")
-        versions = {
-            version: _entry(lines, path, name, version, fields) for version, fields in spec["versions"].items()
-        }
+        versions = {version: _entry(lines, path, name, version, fields) for version, fields in spec["versions"].items()}
         default = spec.get("default")
         if str(default) not in versions:
             raise RegistryError(
@@ -223,7 +219,9 @@ def _entry(lines: _Lines, path: Path, name: str, version: Any, fields: Any) -> R
             raise RegistryError(f"{line}: {where}: field {key!r} must be a {kind.__name__}, got {value!r}")
     if not SHA256.match(fields["sha256"]):
         line = lines.at("models", name, "versions", version, "sha256")
-        raise RegistryError(f"{line}: {where}: field 'sha256' must be 64 lower-case hex digits, got {fields['sha256']!r}")
+        raise RegistryError(
+            f"{line}: {where}: field 'sha256' must be 64 lower-case hex digits, got {fields['sha256']!r}"
+        )
     values = {k: fields[k] for k in VERSION_FIELDS}
     values["url"] = absolute_url(path, fields["url"])
     return RegistryEntry(name=name, version=version, **values, is_default=False, source=path)
@@ -251,12 +249,19 @@ class _Lines:
         for key in keys:
             if not isinstance(node, yaml.MappingNode):
                 break
-            match = next((pair for pair in node.value if pair[0].value == str(key)), None)
+            match = next((pair for pair in node.value if _same_key(pair[0].value, key)), None)
             if match is None:
                 break
             line = match[0].start_mark.line + 1
             node = match[1]
         return f"{self.path}:{line}"
+
+
+def _same_key(text: str, key: Any) -> bool:
+    """Whether a key node's text is ``key`` (a number key like 1.10 is read as YAML reads it)."""
+    import yaml
+
+    return text == key or (not isinstance(key, str) and yaml.safe_load(text) == key)
 
 
 def add_version(path: Path, entry: dict[str, Any], *, name: str, version: str, make_default: bool) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import subprocess
@@ -64,7 +65,7 @@ class ArchiveServer:
             def do_GET(self) -> None:
                 with server._lock:
                     server.requests.append((self.path, self.headers.get("Range")))
-                _, mode, name = (self.path.split("/", 2) + ["", ""])[:3]
+                _, mode, name = ([*self.path.split("/", 2), "", ""])[:3]
                 path = server.root / name
                 if mode not in MODES or not path.is_file():
                     self.send_error(404, "Not Found")
@@ -74,10 +75,8 @@ class ArchiveServer:
                     data = bytes(b ^ 0xFF for b in data[:64]) + data[64:]
                 start = int(m[1]) if (m := re.match(r"bytes=(\d+)-", self.headers.get("Range") or "")) else 0
                 drop = mode == "drop" and start == 0 and name not in server.dropped
-                try:
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self._send(data, start, mode, drop, name)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
 
             def _send(self, data: bytes, start: int, mode: str, drop: bool, name: str) -> None:
                 self.send_response(206 if start else 200)

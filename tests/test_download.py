@@ -31,12 +31,22 @@ def test_dropped_connection_is_resumed_with_range(archive_server, model_cache):
     done = run_cli("cellzoo", "models", "pull", pinned(archive_server, "drop"), "-v")
     assert done.returncode == 0, done.stderr
     half = archive_server.dropped[PBMC_ARCHIVE.name]
-    assert archive_server.requests == [(f"/drop/{PBMC_ARCHIVE.name}", None), (f"/drop/{PBMC_ARCHIVE.name}", f"bytes={half}-")]
-    assert f"resuming" in done.stderr and sha256(model_cache / "archives" / f"{PBMC_SHA}.zip") == PBMC_SHA
+    assert archive_server.requests == [
+        (f"/drop/{PBMC_ARCHIVE.name}", None),
+        (f"/drop/{PBMC_ARCHIVE.name}", f"bytes={half}-"),
+    ]
+    assert "resuming" in done.stderr and sha256(model_cache / "archives" / f"{PBMC_SHA}.zip") == PBMC_SHA
 
 
 def test_wrong_bytes_are_refused_with_both_hashes(archive_server, model_cache, example_copy):
-    done = run_cli("annotate", str(example_copy), "-m", pinned(archive_server, "wrong"), "-o", str(example_copy.with_name("o.h5ad")))
+    done = run_cli(
+        "annotate",
+        str(example_copy),
+        "-m",
+        pinned(archive_server, "wrong"),
+        "-o",
+        str(example_copy.with_name("o.h5ad")),
+    )
     assert done.returncode == 1 and "checksum mismatch" in done.stderr and PBMC_SHA in done.stderr
     seen = done.stderr.split("got ")[1][:64]
     assert len(seen) == 64 and seen != PBMC_SHA and "Traceback" not in done.stderr

@@ -69,7 +69,9 @@ def test_register_packs_deterministically_and_never_changes_a_version(tmp_path, 
     with zipfile.ZipFile(PBMC_ARCHIVE) as zf:
         zf.extractall(model_dir)
     registry = tmp_path / "lab" / "registry.yaml"
-    done = run_cli("cellzoo", "register", str(model_dir), "--name", "labpbmc", "--version", "1.0.0", "--registry", str(registry))
+    done = run_cli(
+        "cellzoo", "register", str(model_dir), "--name", "labpbmc", "--version", "1.0.0", "--registry", str(registry)
+    )
     assert done.returncode == 0, done.stderr
     # the same content packs to the same bytes as the zoo's archive of it
     assert sha256(tmp_path / "lab" / "models" / "labpbmc-1.0.0.zip") == PBMC_SHA
@@ -77,16 +79,29 @@ def test_register_packs_deterministically_and_never_changes_a_version(tmp_path, 
     entry = doc["models"]["labpbmc"]["versions"]["1.0.0"]
     assert entry["url"] == "models/labpbmc-1.0.0.zip" and entry["sha256"] == PBMC_SHA and entry["family"] == "linear"
     assert doc["models"]["labpbmc"]["default"] == "1.0.0"
-    same = run_cli("cellzoo", "register", str(model_dir), "--name", "labpbmc", "--version", "1.0.0", "--registry", str(registry))
+    same = run_cli(
+        "cellzoo", "register", str(model_dir), "--name", "labpbmc", "--version", "1.0.0", "--registry", str(registry)
+    )
     assert same.returncode == 0 and "unchanged" in same.stdout
     before = registry.read_text()
     (model_dir / "README.md").write_text("changed")
-    changed = run_cli("cellzoo", "register", str(model_dir), "--name", "labpbmc", "--version", "1.0.0", "--registry", str(registry))
+    changed = run_cli(
+        "cellzoo", "register", str(model_dir), "--name", "labpbmc", "--version", "1.0.0", "--registry", str(registry)
+    )
     assert changed.returncode == 2 and "never changes" in changed.stderr and PBMC_SHA in changed.stderr
     assert registry.read_text() == before and sha256(tmp_path / "lab" / "models" / "labpbmc-1.0.0.zip") == PBMC_SHA
     served = run_cli(
-        "cellzoo", "register", str(model_dir), "--name", "labpbmc", "--version", "1.1.0", "--registry", str(registry),
-        "--url-base", "https://models.example.org/lab/",
+        "cellzoo",
+        "register",
+        str(model_dir),
+        "--name",
+        "labpbmc",
+        "--version",
+        "1.1.0",
+        "--registry",
+        str(registry),
+        "--url-base",
+        "https://models.example.org/lab/",
     )
     assert served.returncode == 0, served.stderr
     doc = yaml.safe_load(registry.read_text())
