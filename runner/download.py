@@ -103,7 +103,7 @@ def _attempt(session, url: str, dest: Path, timeout: float, expected_size: int |
                     fh.write(chunk)
                     bar.update(len(chunk))
             except requests.RequestException as err:
-                raise _Retry(f"connection lost at byte {fh.tell()}: {type(err).__name__}") from err
+                raise _Retry(f"connection lost at byte {fh.tell()}: {err}") from err
             received = fh.tell()
     if total is not None and received < total:
         raise _Retry(f"connection closed at byte {received} of {total}")

@@ -30,11 +30,11 @@ def test_pinned_url_is_downloaded_verified_and_cached(archive_server, model_cach
 def test_dropped_connection_is_resumed_with_range(archive_server, model_cache):
     done = run_cli("cellzoo", "models", "pull", pinned(archive_server, "drop"), "-v")
     assert done.returncode == 0, done.stderr
-    half = archive_server.dropped[PBMC_ARCHIVE.name]
-    assert archive_server.requests == [
-        (f"/drop/{PBMC_ARCHIVE.name}", None),
-        (f"/drop/{PBMC_ARCHIVE.name}", f"bytes={half}-"),
-    ]
+    half = archive_server.dropped[PBMC_ARCHIVE.name]  # bytes sent before the server hung up
+    (first, no_range), (second, resume) = archive_server.requests
+    assert first == second == f"/drop/{PBMC_ARCHIVE.name}" and no_range is None
+    start = int(resume.removeprefix("bytes=").removesuffix("-"))
+    assert 0 < start <= half  # resumed from what had reached the disk, not from zero
     assert "resuming" in done.stderr and sha256(model_cache / "archives" / f"{PBMC_SHA}.zip") == PBMC_SHA
 
 
@@ -65,7 +65,7 @@ def test_slow_server_still_completes_with_progress(archive_server, model_cache):
 def test_stalled_server_times_out_and_leaves_nothing(archive_server, model_cache):
     archive_server.stall_seconds = 4.0
     done = run_cli("cellzoo", "models", "pull", pinned(archive_server, "stall"), env=FAST)
-    assert done.returncode == 1 and "after 2 attempts" in done.stderr and "Timeout" in done.stderr, done.stderr
+    assert done.returncode == 1 and "after 2 attempts" in done.stderr and "timed out" in done.stderr, done.stderr
     assert archive_server.gets("/stall/") == 2
     assert_cache_clean(model_cache)
 
