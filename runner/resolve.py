@@ -33,6 +33,7 @@ PINNED_URL = re.compile(r"^(?P<url>(?:https?|file)://[^#]+)#sha256=(?P<sha256>[0
 URL = re.compile(r"^(?:https?|file)://[^#]+$")
 MLFLOW_URI = re.compile(r"^(?:models|runs):/.+")
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
+REGISTRY_ENV = "MLFLOW_REGISTRY_URI"  # MLflow's own: a model registry apart from the tracking server
 TRUST_HINT = (
     "loading an MLflow model runs its Python code. Pass --trust if you trust where it comes from, "
     "or use a registry name or a URL pinned with #sha256=<64 hex>"
@@ -137,6 +138,9 @@ def _from_mlflow(reference: str, tracking_uri: str | None, offline: bool) -> Res
         raise UsageError(f"{reference} needs an MLflow tracking server: pass --tracking-uri or set ${TRACKING_ENV}")
     import mlflow
 
+    # models:/ is looked up in the model registry, which MLflow does not take from `tracking_uri`
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(os.environ.get(REGISTRY_ENV) or tracking_uri)
     with tempfile.TemporaryDirectory(prefix="cellzoo-mlflow-") as tmp:
         download = Path(tmp) / "download"
         download.mkdir()

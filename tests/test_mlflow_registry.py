@@ -41,15 +41,22 @@ def test_models_uri_annotates_like_the_zoo_archive(mlflow_server, example_copy, 
     )
     assert done.returncode == 0, done.stderr
     model = ad.read_h5ad(out).uns["pbmc"]["model"]
-    # the same files, packed deterministically: the same sha256 as the zoo's archive
-    assert model["sha256"] == PBMC_SHA and model["tracking_uri"] == mlflow_server.uri
-    assert model["url"] == "models:/pbmc/1"
+    assert model["url"] == "models:/pbmc/1" and model["tracking_uri"] == mlflow_server.uri
+    # cached as a deterministic zip of what MLflow's client gave: the zoo's files, plus the
+    # `registered_model_meta` (name and version) that MLflow adds to a models:/ download
+    with (
+        zipfile.ZipFile(model_cache / "archives" / f"{model['sha256']}.zip") as got,
+        zipfile.ZipFile(PBMC_ARCHIVE) as zoo,
+    ):
+        assert set(got.namelist()) - set(zoo.namelist()) == {"registered_model_meta"}
+        assert all(got.read(name) == zoo.read(name) for name in zoo.namelist())
 
 
 def test_runs_uri_and_tracking_uri_from_the_environment(mlflow_server, model_cache):
     env = {"MLFLOW_TRACKING_URI": mlflow_server.uri}
     done = run_cli("cellzoo", "models", "pull", f"runs:/{mlflow_server.run_id}/model", env=env)
-    assert done.returncode == 0 and PBMC_SHA in done.stdout, done.stderr
+    assert done.returncode == 0, done.stderr
+    assert PBMC_SHA in done.stdout  # the same files, packed deterministically: the zoo archive's sha256
     missing = run_cli("cellzoo", "models", "pull", "models:/pbmc/7", env=env)
     assert missing.returncode == 1 and "could not download models:/pbmc/7" in missing.stderr
     assert "Traceback" not in missing.stderr
