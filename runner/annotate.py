@@ -87,13 +87,18 @@ def annotate(
     species_map: bool = False,
     table: Path | None = None,
     read_options: ReadOptions | None = None,
+    trust: bool = False,
+    offline: bool = False,
+    tracking_uri: str | None = None,
+    registries: list[Path] | tuple[Path, ...] = (),
 ) -> Summary:
     """Annotate the cells of ``input_path`` (any format of :func:`runner.readers.read_input`) with a model.
 
     Writes the annotated h5ad to ``output`` (the matrix as read plus all results) and, with
     ``table``, one row per cell to a csv, tsv or parquet file. The input is never modified; outputs
     are written to temporary files and renamed into place. See :func:`runner.write.write_results`
-    for every field written.
+    for every field written. ``trust``, ``offline``, ``tracking_uri`` and ``registries`` are passed
+    to :func:`runner.resolve.resolve_model_ref`.
     """
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
@@ -114,7 +119,9 @@ def annotate(
     adata, found = read_input(input_path, read_options)
     for note in found.notes:
         logger.warning("%s: %s", input_path.name, note)
-    resolved = resolve_model_ref(model_ref)
+    resolved = resolve_model_ref(
+        model_ref, trust=trust, offline=offline, tracking_uri=tracking_uri, registries=registries
+    )
     info = read_model_info(resolved.path)
     result_keys = ResultKeys(key_added or info.name)
     check_keys_free(adata, result_keys, overwrite)
@@ -138,6 +145,8 @@ def annotate(
             "reference": resolved.reference,
             "url": resolved.url,
             "sha256": resolved.sha256,
+            "registry_version": resolved.registry_version,
+            "tracking_uri": resolved.tracking_uri,
             "uncertainty": str(info.metadata.get("uncertainty", "")),
         },
         "runner_version": __version__,

@@ -52,6 +52,8 @@ def _members(archive: Path, error: type[CellzooError]) -> list[tuple[str, int, b
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
                 return [(i.filename, i.file_size, stat.S_ISLNK(i.external_attr >> 16)) for i in zf.infolist()]
+        if not tarfile.is_tarfile(archive):
+            raise error(f"{archive} is not a readable zip or tar archive")
         with tarfile.open(archive) as tf:
             return [(m.name, m.size, not (m.isfile() or m.isdir())) for m in tf.getmembers()]
     except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError) as err:

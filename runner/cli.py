@@ -7,10 +7,12 @@ on stderr and an exit code (1: failed run, 2: bad usage). Heavy imports happen i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -24,7 +26,9 @@ annotate_app = typer.Typer(
 )
 cellzoo_app = typer.Typer(add_completion=False, no_args_is_help=True, help="cellzoo: the model zoo and its tools.")
 models_app = typer.Typer(no_args_is_help=True, help="The models of the registry.")
+cache_app = typer.Typer(no_args_is_help=True, help="The local model cache.")
 cellzoo_app.add_typer(models_app, name="models")
+cellzoo_app.add_typer(cache_app, name="cache")
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Say more (debug logging).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")]
@@ -44,6 +48,21 @@ MinGeneOverlap = Annotated[
 SpeciesMap = Annotated[
     bool, typer.Option(help="Map genes of another species (human <-> mouse) to the model's by symbol; see README.")
 ]
+Registries = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--registry", help="A user registry file layered over the zoo's (repeatable; also $CELLZOO_REGISTRIES)."
+    ),
+]
+Trust = Annotated[
+    bool,
+    typer.Option(help="Load a model that is neither in a registry nor pinned by sha256 (its code will run)."),
+]
+Offline = Annotated[bool, typer.Option(envvar="CELLZOO_OFFLINE", help="Use no network: only cached or local models.")]
+TrackingUri = Annotated[
+    str | None,
+    typer.Option(envvar="MLFLOW_TRACKING_URI", help="MLflow tracking server for models:/ and runs:/ references."),
+]
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
@@ -52,6 +71,8 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     for noisy in ("mlflow", "numba", "h5py", "urllib3", "filelock", "anndata"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # fail in seconds, not minutes
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     if quiet:
         os.environ.setdefault("TQDM_DISABLE", "1")
 
@@ -61,10 +82,30 @@ def _fail(err: CellzooError) -> typer.Exit:
     return typer.Exit(err.exit_code)
 
 
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn the runner's errors into a one-line message and the exit code (no traceback)."""
+    try:
+        yield
+    except CellzooError as err:
+        raise _fail(err) from None
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        typer.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
 @annotate_app.command()
 def annotate(
     input: Annotated[Path, typer.Argument(help="Query: .h5ad, .loom, 10x .h5 / folder / .zip / .tar.gz, table, HDF5.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="NAME, NAME@VERSION, URL#sha256=HEX, model dir or zip.")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", "-m", help="NAME, NAME@VERSION, URL#sha256=HEX, URL, model dir or zip, models:/NAME/N."
+        ),
+    ],
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Output .h5ad \\[default: INPUT.annotated.h5ad].")
     ] = None,
@@ -88,6 +129,10 @@ def annotate(
     ] = 0.5,
     min_gene_overlap: MinGeneOverlap = 0.2,
     env_manager: Annotated[str, typer.Option(help="Where the model runs: only 'local' (in-process) so far.")] = "local",
+    trust: Trust = False,
+    offline: Offline = False,
+    tracking_uri: TrackingUri = None,
+    registry: Registries = None,
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
@@ -97,7 +142,7 @@ def annotate(
     from runner.readers import ReadOptions
 
     options = ReadOptions(genome, orientation, transpose, matrix_key, obs_key, var_key)
-    try:
+    with _user_errors():
         if env_manager != "local":
             raise UsageError(f"--env-manager {env_manager!r} is not available yet; use 'local'")
         summary = run_annotate(
@@ -114,9 +159,11 @@ def annotate(
             species_map=species_map,
             table=table,
             read_options=options,
+            trust=trust,
+            offline=offline,
+            tracking_uri=tracking_uri,
+            registries=registry or (),
         )
-    except CellzooError as err:
-        raise _fail(err) from None
     for line in summary.lines():
         typer.echo(line)
 
@@ -145,7 +192,7 @@ def inspect(
     from runner.readers import ReadOptions
 
     options = ReadOptions(genome, orientation, transpose, matrix_key, obs_key, var_key)
-    try:
+    with _user_errors():
         report = inspect_input(
             input,
             options,
@@ -155,8 +202,6 @@ def inspect(
             species_map=species_map,
             min_gene_overlap=min_gene_overlap,
         )
-    except CellzooError as err:
-        raise _fail(err) from None
     for line in report.lines():
         typer.echo(line)
     if not report.command:
@@ -164,42 +209,150 @@ def inspect(
 
 
 @models_app.command("list")
-def models_list() -> None:
-    """List the registry's models: name, default version, family, species, tissue, cached or not."""
+def models_list(registry: Registries = None) -> None:
+    """List the registries' models: name, default version, species, tissue, family, cached or not."""
+    _setup_logging(False, False)
     from runner.cache import is_cached
-    from runner.registry import load_registry
+    from runner.registry import load_registries
 
-    try:
-        registry = load_registry()
-    except CellzooError as err:
-        raise _fail(err) from None
-    rows = [("name", "default", "family", "species", "tissue", "cached")]
-    for name in registry.names():
-        e = registry.get(name)
-        rows.append((name, e.version, e.family, e.species, e.tissue, "yes" if is_cached(e.sha256) else "no"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        typer.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    with _user_errors():
+        layered = load_registries(registry or ())
+    rows = [("name", "default", "species", "tissue", "family", "cached")]
+    for name in layered.names():
+        e = layered.get(name)
+        rows.append((name, e.version, e.species, e.tissue, e.family, "yes" if is_cached(e.sha256) else "no"))
+    _table(rows)
 
 
 @models_app.command("show")
-def models_show(ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION.")]) -> None:
-    """Everything the registry says of a model, the pinned reference to cite, and its card if cached."""
-    from runner.cache import cached_model_dir, is_cached
-    from runner.registry import load_registry
+def models_show(ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION.")], registry: Registries = None) -> None:
+    """Everything the registry says of a model, the pinned reference to cite, and its model card."""
+    _setup_logging(False, False)
+    from runner.cache import is_cached, model_card
+    from runner.registry import load_registries
 
     name, _, version = ref.partition("@")
-    try:
-        entry = load_registry().get(name, version or None)
-    except CellzooError as err:
-        raise _fail(err) from None
+    with _user_errors():
+        layered = load_registries(registry or ())
+        entry = layered.get(name, version or None)
     for field in ("name", "version", "family", "species", "tissue", "description", "url", "sha256", "size"):
         typer.echo(f"{field:<12}{getattr(entry, field)}")
-    typer.echo(f"{'cite':<12}{entry.pinned_reference}")
-    card = cached_model_dir(entry.sha256) / "README.md"
-    if is_cached(entry.sha256) and card.is_file():
-        typer.echo("")
-        typer.echo(card.read_text())
+    typer.echo(f"{'versions':<12}{', '.join(sorted(layered.entries[entry.name]))} (default {layered.defaults[name]})")
+    typer.echo(f"{'registry':<12}{entry.source}")
+    typer.echo(f"{'cached':<12}{'yes' if is_cached(entry.sha256) else 'no'}")
+    typer.echo(f"{'pinned':<12}{entry.pinned_reference}")
+    card = model_card(entry.sha256, entry.url)
+    typer.echo("")
+    typer.echo(card if card is not None else f"(model card not cached: `cellzoo models pull {ref}` fetches it)")
+
+
+@models_app.command("pull")
+def models_pull(
+    refs: Annotated[list[str], typer.Argument(help="Model references (NAME, NAME@VERSION, pinned URL, ...).")],
+    trust: Trust = False,
+    offline: Offline = False,
+    tracking_uri: TrackingUri = None,
+    registry: Registries = None,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> None:
+    """Download and verify models into the cache ahead of time (e.g. before going offline)."""
+    _setup_logging(verbose, quiet)
+    from runner.resolve import resolve_model_ref
+
+    with _user_errors():
+        for ref in refs:
+            resolved = resolve_model_ref(
+                ref, trust=trust, offline=offline, tracking_uri=tracking_uri, registries=registry or ()
+            )
+            typer.echo(f"{ref}  sha256 {resolved.sha256 or '-'}  {resolved.path}")
+
+
+@models_app.command("verify")
+def models_verify() -> None:
+    """Re-hash every cached archive and compare its unpacked files; evict what fails (exit 1 if any)."""
+    _setup_logging(False, False)
+    from runner.cache import cached_sha256s, evict, verify_cached
+
+    failed = 0
+    for sha256 in cached_sha256s():
+        result = verify_cached(sha256)
+        if result.problem:
+            failed += 1
+            evict(sha256)
+            typer.echo(f"FAILED  {sha256}  {result.problem}; evicted (it is fetched again when next used)")
+        else:
+            typer.echo(f"ok      {sha256}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@models_app.command("rm")
+def models_rm(
+    refs: Annotated[list[str], typer.Argument(help="NAME, NAME@VERSION, or a cached sha256 (or its first 12+).")],
+    registry: Registries = None,
+) -> None:
+    """Remove models from the cache."""
+    _setup_logging(False, False)
+    from runner.cache import cached_sha256s, evict
+    from runner.registry import load_registries
+
+    with _user_errors():
+        for ref in refs:
+            matches = [s for s in cached_sha256s() if len(ref) >= 12 and s.startswith(ref)]
+            if not matches:
+                name, _, version = ref.partition("@")
+                matches = [load_registries(registry or ()).get(name, version or None).sha256]
+            for sha256 in matches:
+                typer.echo(f"{'removed' if evict(sha256) else 'not cached'}  {ref}  {sha256}")
+
+
+@cache_app.command("dir")
+def cache_dir_command() -> None:
+    """Print the cache folder ($CELLZOO_CACHE_DIR, else the platform cache folder)."""
+    from runner.cache import cache_dir
+
+    typer.echo(str(cache_dir()))
+
+
+@cache_app.command("clean")
+def cache_clean() -> None:
+    """Remove every cached model, archive and partial download."""
+    from runner.cache import cache_dir, clean
+
+    freed = clean()
+    typer.echo(f"removed {freed / 1e6:.1f} MB from {cache_dir()}")
+
+
+@cellzoo_app.command()
+def register(
+    model_dir: Annotated[Path, typer.Argument(help="An MLflow model directory.")],
+    name: Annotated[str, typer.Option(help="Model name in the registry.")],
+    version: Annotated[str, typer.Option(help="Version; a registered name@version never changes.")],
+    registry: Annotated[
+        Path | None, typer.Option(help="Registry file to add to (created if absent) [default: the zoo's].")
+    ] = None,
+    url_base: Annotated[
+        str | None, typer.Option(help="Where the archive will be served (URL of its folder) [default: relative].")
+    ] = None,
+    default: Annotated[bool, typer.Option(help="Make this version the name's default.")] = False,
+) -> None:
+    """Pack MODEL_DIR into a deterministic zip beside the registry file and add its entry (sha256, size)."""
+    _setup_logging(False, False)
+    from runner.registry import absolute_url, register_model, registry_path
+
+    target = registry or registry_path()
+    with _user_errors():
+        done = register_model(
+            model_dir, name=name, version=version, registry=target, url_base=url_base, make_default=default
+        )
+    typer.echo(f"{'added' if done.added else 'unchanged (already registered)'}  {name}@{version}  in {target}")
+    for field in ("url", "sha256", "size"):
+        typer.echo(f"{field:<12}{done.fields[field]}")
+    typer.echo(f"{'archive':<12}{done.archive}")
+    typer.echo(f"{'pinned':<12}{absolute_url(target, done.fields['url'])}#sha256={done.fields['sha256']}")
+    if url_base:
+        typer.echo(f"upload {done.archive} to {done.fields['url']}")
 
 
 @cellzoo_app.command()
@@ -230,10 +383,8 @@ def build(
         raise typer.Exit(1)
     model_dir = Path(done.stdout.strip().splitlines()[-1])
     archive = model_dir.with_suffix(".zip") if model_dir.suffix == "" else Path(f"{model_dir}.zip")
-    try:
+    with _user_errors():
         sha256, size = pack_model_dir(model_dir, archive)
-    except CellzooError as err:
-        raise _fail(err) from None
     typer.echo(f"model dir   {model_dir}")
     typer.echo(f"card        {model_dir / 'README.md'}")
     typer.echo(f"archive     {archive}")

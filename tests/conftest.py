@@ -65,3 +65,22 @@ def built_pbmc(tmp_path_factory) -> Path:
 def example_copy(tmp_path) -> Path:
     """A copy of the bundled example query, so a test may annotate or break it freely."""
     return Path(shutil.copy(EXAMPLE, tmp_path / "query.h5ad"))
+
+
+PBMC_ARCHIVE = ROOT / "models" / "pbmc-1.0.0.zip"
+
+
+def assert_cache_clean(cache: Path) -> None:
+    """Nothing half-written: no model, no archive, no partial download left in the cache."""
+    for part in ("models", "archives", "downloads"):
+        left = list((cache / part).glob("*")) if (cache / part).exists() else []
+        assert not left, f"left in the cache: {left}"
+
+
+@pytest.fixture
+def archive_server():
+    """A real HTTP server on 127.0.0.1 serving the zoo's archives (see tests/servers.py), per test."""
+    from tests.servers import ArchiveServer
+
+    with ArchiveServer(PBMC_ARCHIVE.parent) as server:
+        yield server

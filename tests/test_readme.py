@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import anndata as ad
@@ -25,18 +26,33 @@ def test_ci_runs_exactly_the_readme_install_and_test_commands():
     assert readme_block("test") in ci
 
 
-def test_readme_quickstart_annotates_the_bundled_example(tmp_path):
-    (tmp_path / "examples").symlink_to(ROOT / "examples")
+def run_readme_block(marker: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run a README block in ``cwd`` (with ``examples/`` linked in) as a user's shell would."""
+    (cwd / "examples").symlink_to(ROOT / "examples")
     env_path = f"{Path(sys.executable).parent}:/usr/bin:/bin"
-    done = subprocess.run(
-        ["bash", "-c", readme_block("quickstart")],
-        cwd=tmp_path,
-        env={"PATH": env_path, "CELLZOO_CACHE_DIR": str(tmp_path / "cache"), "HOME": str(tmp_path)},
+    return subprocess.run(
+        ["bash", "-ec", readme_block(marker)],
+        cwd=cwd,
+        env={"PATH": env_path, "CELLZOO_CACHE_DIR": str(cwd / "cache"), "HOME": str(cwd)},
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
     )
+
+
+def test_readme_quickstart_annotates_the_bundled_example(tmp_path):
+    done = run_readme_block("quickstart", tmp_path)
     assert done.returncode == 0, done.stderr
     adata = ad.read_h5ad(tmp_path / "annotated.h5ad")
     assert adata.obs["pbmc_predicted"].notna().all() and "X_pbmc_umap" in adata.obsm
+
+
+def test_readme_private_registry_commands(tmp_path):
+    """The 'Running a private registry' block, on a model directory as `cellzoo build` writes it."""
+    with zipfile.ZipFile(ROOT / "models" / "pbmc-1.0.0.zip") as zf:
+        zf.extractall(tmp_path / "build" / "pbmc-1.0.0")
+    done = run_readme_block("private-registry", tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "labpbmc" in done.stdout and (tmp_path / "lab" / "models" / "labpbmc-1.0.0.zip").is_file()
+    assert ad.read_h5ad(tmp_path / "annotated.h5ad").obs["pbmc_predicted"].notna().all()
