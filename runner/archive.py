@@ -17,11 +17,8 @@ MAX_UNPACKED_BYTES = 2 * 1024**3  # refuse archives that unpack to more than thi
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def pack_model_dir(model_dir: Path, archive: Path) -> tuple[str, int]:
