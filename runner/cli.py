@@ -131,8 +131,16 @@ def models_show(ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION.")
 @cellzoo_app.command()
 def build(
     recipe: Annotated[str, typer.Argument(help="Zoo recipe name (model_zoo/recipes/NAME.yaml) or a recipe path.")],
-    reference: Annotated[Path, typer.Option(help="Reference .h5ad with raw counts and labels.")],
+    reference: Annotated[
+        list[Path], typer.Option(help="Reference .h5ad with raw counts and labels (repeat for several files).")
+    ],
     out: Annotated[Path, typer.Option(help="Folder for the model directory, archive and card.")] = Path("build"),
+    param: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE overriding a recipe parameter (e.g. max_epochs=5).")
+    ] = None,
+    timing_cells: Annotated[
+        int, typer.Option(help="Cells annotated to time the model for its card (0: skip).")
+    ] = 10_000,
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
@@ -141,16 +149,9 @@ def build(
     from runner.archive import pack_model_dir
 
     # the runner never imports model_zoo: training runs in its own process
-    command = [
-        sys.executable,
-        "-m",
-        "model_zoo.build",
-        recipe,
-        "--reference",
-        str(reference),
-        "--out",
-        str(out),
-    ]
+    command = [sys.executable, "-m", "model_zoo.build", recipe, "--out", str(out), "--timing-cells", str(timing_cells)]
+    command += [arg for path in reference for arg in ("--reference", str(path))]
+    command += [arg for item in param or [] for arg in ("--param", item)]
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
     if done.returncode != 0:
         raise typer.Exit(1)
