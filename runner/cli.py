@@ -16,12 +16,14 @@ from typing import Annotated
 
 import typer
 
-from runner.errors import CellzooError, UsageError
+from runner.errors import CellzooError
 
 annotate_app = typer.Typer(add_completion=False, help="Annotate the cells of an h5ad file with a zoo model.")
 cellzoo_app = typer.Typer(add_completion=False, no_args_is_help=True, help="cellzoo: the model zoo and its tools.")
 models_app = typer.Typer(no_args_is_help=True, help="The models of the registry.")
+envs_app = typer.Typer(no_args_is_help=True, help="The models' own environments (built once, reused).")
 cellzoo_app.add_typer(models_app, name="models")
+cellzoo_app.add_typer(envs_app, name="envs")
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Say more (debug logging).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")]
@@ -60,7 +62,16 @@ def annotate(
     min_gene_overlap: Annotated[
         float, typer.Option(help="Refuse queries with fewer of the model's genes than this fraction.")
     ] = 0.2,
-    env_manager: Annotated[str, typer.Option(help="Where the model runs: only 'local' (in-process) so far.")] = "local",
+    env_manager: Annotated[
+        str,
+        typer.Option(
+            help="Where the model runs: auto (in-process when this interpreter meets the model's pins, else its "
+            "own environment), local, uv, virtualenv."
+        ),
+    ] = "auto",
+    device: Annotated[
+        str | None, typer.Option(help="Device for models that take one (xgboost, scanvi): cpu or cuda.")
+    ] = None,
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
@@ -69,8 +80,6 @@ def annotate(
     from runner.annotate import annotate as run_annotate
 
     try:
-        if env_manager != "local":
-            raise UsageError(f"--env-manager {env_manager!r} is not available yet; use 'local'")
         summary = run_annotate(
             input,
             model,
@@ -82,6 +91,8 @@ def annotate(
             batch_size=batch_size,
             unassigned_threshold=unassigned_threshold,
             min_gene_overlap=min_gene_overlap,
+            env_manager=env_manager,
+            device=device,
         )
     except CellzooError as err:
         raise _fail(err) from None
@@ -126,6 +137,34 @@ def models_show(ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION.")
     if is_cached(entry.sha256) and card.is_file():
         typer.echo("")
         typer.echo(card.read_text())
+
+
+@envs_app.command("list")
+def envs_list() -> None:
+    """List the model environments built so far: key, manager, python, build time, size, path."""
+    from runner.envs import envs_dir, list_envs
+
+    rows = list_envs()
+    if not rows:
+        typer.echo(f"no environments in {envs_dir()}")
+        return
+    for row in rows:
+        typer.echo(
+            f"{row['key']}  {row['manager']:<10}  python {row['python']}  built in {row['seconds']} s  "
+            f"{row['size_mb']} MB  {row['path']}"
+        )
+
+
+@envs_app.command("clean")
+def envs_clean(key: Annotated[str | None, typer.Argument(help="Remove only this environment.")] = None) -> None:
+    """Remove the model environments (all, or the one KEY); they are rebuilt when needed."""
+    from runner.envs import clean_envs
+
+    try:
+        removed = clean_envs(key)
+    except CellzooError as err:
+        raise _fail(err) from None
+    typer.echo(f"removed {len(removed)} environment(s)" + (f": {', '.join(removed)}" if removed else ""))
 
 
 @cellzoo_app.command()

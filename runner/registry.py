@@ -22,6 +22,7 @@ elsewhere.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import os
 import re
 from dataclasses import dataclass
@@ -76,6 +77,9 @@ class Registry:
 
     def get(self, name: str, version: str | None = None) -> RegistryEntry:
         if name not in self.entries:
+            unbuilt = unbuilt_recipe(name)
+            if unbuilt is not None:
+                raise UsageError(unbuilt)
             close = difflib.get_close_matches(name, self.names(), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise UsageError(f"unknown model {name!r}; the registry {self.path} has: {', '.join(self.names())}.{hint}")
@@ -84,6 +88,40 @@ class Registry:
         if version not in versions:
             raise UsageError(f"model {name!r} has no version {version!r}; versions: {', '.join(sorted(versions))}")
         return versions[version]
+
+
+def recipes_dir() -> Path:
+    """The zoo's recipes (``model_zoo/recipes``), located without importing ``model_zoo``."""
+    spec = importlib.util.find_spec("model_zoo")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations))) / "recipes"
+    return ZOO_REGISTRY.parent / "model_zoo" / "recipes"
+
+
+def unbuilt_recipe(name: str) -> str | None:
+    """What to tell a user who asks for a zoo recipe that has no registry entry (None: no such recipe).
+
+    The recipe is read as data (YAML); nothing of ``model_zoo`` is imported.
+    """
+    import yaml
+
+    path = recipes_dir() / f"{name}.yaml"
+    if not path.is_file():
+        return None
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        recipe = {}
+    ref = recipe.get("reference") or {}
+    files = ref.get("files") or ["REFERENCE.h5ad"]
+    references = " ".join(f"--reference {f}" for f in files)
+    source = ref.get("source_url") or "see the recipe"
+    target = f"build/{name}-{recipe.get('version', 'VERSION')}"
+    return (
+        f"model {name!r} is a zoo recipe ({path}) that has not been built: its reference cannot be shipped, "
+        f"so the registry has no entry for it. Download the reference ({source}), build the model with "
+        f"`cellzoo build {name} {references} --out build`, then annotate with `-m {target}`."
+    )
 
 
 def registry_path() -> Path:
