@@ -206,23 +206,20 @@ def evaluate_query(model, model_genes: np.ndarray, path: Path, spec: dict) -> di
     }
 
 
-def time_annotation(model, model_genes: np.ndarray, path: Path, n_cells: int) -> dict:
+def time_annotation(model, model_genes: np.ndarray, cells: Labelled, source: str, n_cells: int) -> dict:
     """Seconds the runner's path (CSR counts in model gene order, in one batch) takes for ``n_cells`` cells.
 
-    The query's cells are repeated up to ``n_cells``, so the time is measured, not extrapolated.
+    The ``cells`` are repeated up to ``n_cells``, so the time is measured, not extrapolated.
     """
-    import anndata as ad
-
-    query = ad.read_h5ad(path)
-    order = pd.Index(query.var_names.astype(str)).get_indexer(model_genes)
+    order = pd.Index(cells.genes).get_indexer(model_genes)
     present = order >= 0
-    counts = sp.csr_matrix(query.X, dtype=np.float64)[:, np.where(present, order, 0)]
+    counts = cells.counts[:, np.where(present, order, 0)]
     counts = sp.csr_matrix(counts.multiply(present.astype(np.float64)[None, :]))
     counts = counts[np.resize(np.arange(counts.shape[0]), n_cells)]
     params = {contract.GENES_PRESENT: [str(g) for g in model_genes[present]]}
     start = time.perf_counter()
     model.predict(counts, params=params)
-    return {"file": path.name, "n_cells": n_cells, "seconds": round(time.perf_counter() - start, 1)}
+    return {"file": source, "n_cells": n_cells, "seconds": round(time.perf_counter() - start, 1)}
 
 
 def build(
@@ -302,7 +299,7 @@ def build(
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{target.name}.") as tmp:
         staging = Path(tmp) / target.name
         pyfunc.save_model(staging, trained, metadata["labels"], metadata)
-        metadata["metrics"] |= _evaluate(staging, trained.genes, references[0].parent, recipe, timing_cells)
+        metadata["metrics"] |= _evaluate(staging, trained.genes, references, recipe, timing_cells)
         _rewrite_metadata(staging, metadata)
         (staging / "README.md").write_text(render_card(metadata))
         staging.rename(target)  # the model directory appears whole or not at all
@@ -320,18 +317,25 @@ def _counts_note(ref: dict) -> str:
     )
 
 
-def _evaluate(model_dir: Path, genes: np.ndarray, data_dir: Path, recipe: dict, timing_cells: int) -> dict:
-    """Score the saved model (loaded as MLflow loads it) on the recipe's cross-study queries found, and
-    time it on ``timing_cells`` cells of the first one (0: no timing)."""
+def _evaluate(model_dir: Path, genes: np.ndarray, references: list[Path], recipe: dict, timing_cells: int) -> dict:
+    """Score the saved model (loaded as MLflow loads it) on the recipe's cross-study queries found (beside
+    the first reference), and time it on ``timing_cells`` cells of the first one, else of the reference."""
     import mlflow
 
+    data_dir = references[0].parent
     specs = [s for s in recipe.get("evaluation", []) if (data_dir / s["file"]).is_file()]
-    if not specs:
-        return {"cross_study": []}
     model = mlflow.pyfunc.load_model(str(model_dir))
     scores = {"cross_study": [evaluate_query(model, genes, data_dir / s["file"], s) for s in specs]}
     if timing_cells:
-        scores["annotation_time"] = time_annotation(model, genes, data_dir / specs[0]["file"], timing_cells)
+        if specs:
+            source = data_dir / specs[0]["file"]
+            cells = read_labelled(source, specs[0]["label_column"], set(specs[0]["labels"]))
+        else:
+            source, cells = (
+                references[0],
+                read_labelled(references[0], recipe["reference"]["label_column"], None, recipe["reference"]),
+            )
+        scores["annotation_time"] = time_annotation(model, genes, cells, source.name, timing_cells)
     return scores
 
 

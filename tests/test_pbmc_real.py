@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import csv
-
 import anndata as ad
-import numpy as np
 import pytest
 import yaml
 
 from model_zoo.metrics import ontology_accuracy
 from runner.archive import pack_model_dir
-from tests.conftest import DATA, data_file, run_cli
+from tests.conftest import data_file, run_cli, truth_terms
 
 pytestmark = pytest.mark.slow
 FLOOR = 0.80  # ontology-level accuracy a broken or panel-blind model does not reach on Kang (0.67 measured)
-
-
-def truth_terms(dataset: str, column: str, labels) -> np.ndarray:
-    """Cell Ontology ids of a dataset's labels, from shared/data/labels_to_ontology.csv."""
-    with open(DATA / "labels_to_ontology.csv") as fh:
-        table = {(r["dataset"], r["label"]): r["ontology_term_id"] for r in csv.DictReader(fh)}
-    return np.array([table[(dataset, str(label))] for label in labels])
 
 
 def annotate_and_score(tmp_path, model: str, dataset: str, column: str) -> tuple[float, ad.AnnData]:
@@ -29,7 +19,7 @@ def annotate_and_score(tmp_path, model: str, dataset: str, column: str) -> tuple
     done = run_cli("annotate", str(data_file(dataset)), "-m", model, "-o", str(out))
     assert done.returncode == 0, done.stderr
     result = ad.read_h5ad(out)
-    truth = truth_terms(dataset, column, result.obs[column])
+    truth = truth_terms(dataset, result.obs[column])
     return ontology_accuracy(result.obs["pbmc_ontology_term_id"].astype(str).to_numpy(), truth), result
 
 

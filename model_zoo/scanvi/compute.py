@@ -4,6 +4,13 @@ Label transfer is the HLCA's (Sikkema et al. 2023, scArches ``weighted_knn_trans
 cell's ``k`` nearest reference cells in the scANVI latent space vote with weights
 ``exp(-d / (2 / std(d))**2)``, normalised to sum to 1; a class's probability is its weighted vote
 share and the uncertainty is 1 - the winning share.
+
+A query that lacks some of the model's genes is not simply zero-filled (what ``prepare_query_anndata``
+does, and what the encoder then reads as no expression): its counts are scaled to the reference's
+depth over the genes it has, and the missing genes are filled with the reference model's expected
+counts given the genes it has (the decoder's expression at that depth), as the ``linear`` family
+imputes them from its PCA. On Kang 2018 (652 of the 995 model genes) this took the accuracy of the
+``pbmc-scanvi`` model from 0.77 (zeros) to 0.81.
 """
 
 from __future__ import annotations
@@ -26,6 +33,9 @@ class ScanviWeights:
     reference_umap: np.ndarray  # (N, 2) UMAP coordinates of the reference cells
     n_neighbors: int  # k of the label transfer
     query_epochs: int  # surgery epochs at most (early stopping ends most runs sooner)
+    count_share: np.ndarray  # (G,) share of all reference counts (over model genes) carried by each gene
+    median_total: float  # median reference cell total over the model genes
+    reference_batch: str  # a batch of the reference, to read a query through the reference model as is
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {f.name: np.asarray(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -35,7 +45,27 @@ class ScanviWeights:
         values = {f.name: np.asarray(arrays[f.name]) for f in dataclasses.fields(cls)}
         values["genes"], values["classes"] = values["genes"].astype(str), values["classes"].astype(str)
         values["n_neighbors"], values["query_epochs"] = int(values["n_neighbors"]), int(values["query_epochs"])
+        values["median_total"], values["reference_batch"] = (
+            float(values["median_total"]),
+            str(values["reference_batch"]),
+        )
         return cls(**values)
+
+
+def scale_to_reference_depth(counts: sp.csr_matrix, present: np.ndarray, weights: ScanviWeights) -> np.ndarray:
+    """Counts (dense) scaled so that each cell's total over the present genes is the reference's median."""
+    target = weights.median_total * float(weights.count_share[present].sum())
+    totals = np.asarray(counts[:, present].sum(axis=1)).ravel()
+    return counts.toarray() * (target / np.maximum(totals, 1.0))[:, None]
+
+
+def fill_missing(counts: np.ndarray, present: np.ndarray, expression: np.ndarray) -> np.ndarray:
+    """Fill the absent genes with expected counts: ``expression`` (rows summing to 1) at the depth the
+    present genes show."""
+    depth = counts[:, present].sum(axis=1) / np.maximum(expression[:, present].sum(axis=1), 1e-12)
+    out = counts.copy()
+    out[:, ~present] = depth[:, None] * expression[:, ~present]
+    return out
 
 
 def select_genes(counts: sp.csr_matrix, highly_variable: np.ndarray, min_detection: float) -> np.ndarray:

@@ -36,11 +36,12 @@ class ScanviAnnotator(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params: dict | None = None):
         params = params or {}
-        counts, _ = contract.as_model_matrix(model_input, self.weights.genes, params)
+        counts, present = contract.as_model_matrix(model_input, self.weights.genes, params)
         latent, _ = scvi_model.map_query(
             self.model_dir,
             counts,
-            self.weights.genes,
+            present,
+            self.weights,
             max_epochs=int(params.get(QUERY_EPOCHS) or self.weights.query_epochs),
             device=str(params.get(DEVICE) or "cpu"),
             seed=int(params.get(SEED) or 0),

@@ -38,7 +38,8 @@ def make_anndata(counts: sp.csr_matrix, genes: np.ndarray, batch: np.ndarray, la
 
     obs = pd.DataFrame({BATCH_KEY: np.asarray(batch, dtype=str), LABELS_KEY: np.asarray(labels, dtype=str)})
     obs.index = obs.index.astype(str)
-    return ad.AnnData(sp.csr_matrix(counts, dtype=np.float32), obs=obs, var=pd.DataFrame(index=np.asarray(genes)))
+    matrix = sp.csr_matrix(counts, dtype=np.float32)
+    return ad.AnnData(matrix, obs=obs, var=pd.DataFrame(index=np.asarray(genes)))
 
 
 def highly_variable(counts: sp.csr_matrix, genes: np.ndarray, batch: np.ndarray, n_top: int) -> np.ndarray:
@@ -98,20 +99,35 @@ def latent(model, adata=None) -> np.ndarray:
     return np.asarray(model.get_latent_representation(adata))
 
 
-def map_query(model_dir: Path, counts: sp.csr_matrix, genes: np.ndarray, *, max_epochs: int, device: str, seed: int):
+def map_query(
+    model_dir: Path, counts: sp.csr_matrix, present: np.ndarray, weights, *, max_epochs: int, device: str, seed: int
+) -> tuple[np.ndarray, int]:
     """scArches surgery: extend the reference model by the query's batch, train only the new weights.
 
+    When the query lacks model genes, its counts are first scaled to the reference's depth and the
+    missing genes filled from the reference model (:func:`~model_zoo.scanvi.compute.fill_missing`).
     Returns the query's latent means and the number of epochs run (early stopping on the held-out
     ELBO when the query has at least ``MIN_CELLS_FOR_VALIDATION`` cells).
     """
     import scvi
 
+    from model_zoo.scanvi import compute
+
     scvi.settings.seed = seed
-    adata = make_anndata(counts, genes, np.full(counts.shape[0], QUERY_BATCH), np.full(counts.shape[0], UNLABELED))
+    genes, n_cells = weights.genes, counts.shape[0]
+    unlabeled = np.full(n_cells, UNLABELED)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        if not present.all():
+            scaled = compute.scale_to_reference_depth(counts, present, weights)
+            as_reference = make_anndata(scaled, genes, np.full(n_cells, weights.reference_batch), unlabeled)
+            reference = scvi.model.SCANVI.load_query_data(as_reference, str(model_dir), **_device_args(device))
+            reference.is_trained_ = True  # the reference model as trained: no new weights for a known batch
+            expression = reference.get_normalized_expression(as_reference, library_size=1.0, return_numpy=True)
+            counts = compute.fill_missing(scaled, present, np.asarray(expression))
+        adata = make_anndata(counts, genes, np.full(n_cells, QUERY_BATCH), unlabeled)
         model = scvi.model.SCANVI.load_query_data(adata, str(model_dir), **_device_args(device))
-        validate = counts.shape[0] >= MIN_CELLS_FOR_VALIDATION
+        validate = n_cells >= MIN_CELLS_FOR_VALIDATION
         model.train(
             max_epochs=max_epochs,
             early_stopping=validate,
