@@ -1,10 +1,17 @@
-"""Train a zoo model from a recipe and a reference h5ad: ``python -m model_zoo.build RECIPE --reference F``.
+"""Train a zoo model from a recipe and reference h5ad files: ``python -m model_zoo.build RECIPE --reference F``.
 
-A recipe (``model_zoo/recipes/NAME.yaml``) is data: a family, a reference file and how to read its
-labels, the label -> Cell Ontology table, the family's parameters, and cross-study queries to score.
-The result is a standard MLflow model directory with a model card (``README.md``) inside it.
-``cellzoo build`` runs this module in a subprocess (the runner never imports ``model_zoo``) and then
-archives the directory.
+A recipe (``model_zoo/recipes/NAME.yaml``) is data: a family, the reference file(s) and how to read
+their counts and labels, the label -> ontology table (or an obs column holding the ids), the family's
+parameters, and cross-study queries to score. The result is a standard MLflow model directory with a
+model card (``README.md``) inside it. ``cellzoo build`` runs this module in a subprocess (the runner
+never imports ``model_zoo``) and then archives the directory.
+
+Recipe ``reference`` fields: ``files`` (names, informative), ``label_column``, ``drop_labels``,
+``counts`` (``X`` (default), ``raw.X`` or ``layers/NAME``), ``undo_log`` (``{base, size_factor_column}``:
+the matrix holds ``log_base(counts / size_factor + 1)`` and is inverted, refused unless the result
+is integer), ``batch_column`` (default: the file name when several files are given),
+``ontology_column`` (labels' ontology ids from the data instead of a ``labels`` table) and
+``min_cells_per_label`` (with ``ontology_column``: rarer labels are dropped).
 """
 
 from __future__ import annotations
@@ -15,11 +22,16 @@ import hashlib
 import importlib
 import json
 import logging
+import os
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import scipy.sparse as sp
 import yaml
 
 from model_zoo import contract
@@ -29,12 +41,12 @@ from model_zoo.metrics import expected_calibration_error, ontology_match
 logger = logging.getLogger(__name__)
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
-FAMILIES = {"linear": "model_zoo.linear"}  # family name -> package with train.train and pyfunc.save_model
+# family name -> package with train.train, train.UNCERTAINTY, train.STORES and pyfunc.save_model
+FAMILIES = {"linear": "model_zoo.linear", "xgboost": "model_zoo.xgboost", "scanvi": "model_zoo.scanvi"}
 UNASSIGNED_THRESHOLD = 0.5  # the runner's default, used for the Unassigned rate reported in the card
-UNCERTAINTY_MEANING = (
-    "1 - the calibrated probability of the predicted class (temperature scaling fitted on held-out "
-    "reference cells); 0 = certain. Cells above the runner's --unassigned-threshold are 'Unassigned'."
-)
+INTEGER_TOLERANCE = 1e-3  # how far from an integer an inverted log value may be (float32 rounding)
+COUNT_CHECK_VALUES = 2_000_000
+TIMING_CELLS = 10_000  # annotation time reported in the card: per this many cells
 
 
 class BuildError(Exception):
@@ -49,7 +61,9 @@ def load_recipe(name_or_path: str) -> tuple[dict, Path]:
         known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
         raise BuildError(f"no recipe {name_or_path!r}; zoo recipes: {', '.join(known)} (or give a .yaml path)")
     recipe = yaml.safe_load(path.read_text())
-    missing = [k for k in ("name", "version", "family", "reference", "labels") if k not in recipe]
+    missing = [k for k in ("name", "version", "family", "reference") if k not in recipe]
+    if "labels" not in recipe and "ontology_column" not in recipe.get("reference", {}):
+        missing.append("labels (or reference.ontology_column)")
     if missing:
         raise BuildError(f"recipe {path} lacks {', '.join(missing)}")
     if recipe["family"] not in FAMILIES:
@@ -58,15 +72,70 @@ def load_recipe(name_or_path: str) -> tuple[dict, Path]:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def read_labelled(path: Path, label_column: str, keep: set[str] | None = None):
-    """Raw counts (CSR), gene names and labels of an h5ad, dropping cells whose label is not in ``keep``."""
+@dataclass(frozen=True)
+class Labelled:
+    """Raw counts (cells x genes), gene names, one label per cell, and the cells' obs table."""
+
+    counts: sp.csr_matrix
+    genes: np.ndarray
+    labels: np.ndarray
+    obs: pd.DataFrame
+
+    def subset(self, mask: np.ndarray) -> Labelled:
+        return Labelled(self.counts[mask], self.genes, self.labels[mask], self.obs[mask])
+
+
+def _counts_matrix(adata, path: Path, spec: dict) -> sp.csr_matrix:
+    """The raw counts named by ``spec['counts']`` (after ``undo_log``), checked to be integers."""
+    where = str(spec.get("counts", "X"))
+    if where == "X":
+        matrix, var_names = adata.X, adata.var_names
+    elif where == "raw.X" and adata.raw is not None:
+        matrix, var_names = adata.raw.X, adata.raw.var_names
+    elif where.startswith("layers/") and where.removeprefix("layers/") in adata.layers:
+        matrix, var_names = adata.layers[where.removeprefix("layers/")], adata.var_names
+    else:
+        raise BuildError(
+            f"{path} has no {where!r} (counts: X, raw.X or layers/NAME; layers: {', '.join(adata.layers) or 'none'})"
+        )
+    if list(var_names) != list(adata.var_names):
+        raise BuildError(f"{path}: {where} has other genes than var; give counts with the genes of var_names")
+    matrix = sp.csr_matrix(matrix, dtype=np.float64)
+    if "undo_log" in spec:
+        matrix = _undo_log(matrix, adata.obs, path, spec["undo_log"])
+    sample = matrix.data[:COUNT_CHECK_VALUES]
+    if (sample < 0).any() or (sample != np.round(sample)).any():
+        raise BuildError(
+            f"{path} {where} does not hold raw counts (non-integer or negative values); set the recipe's "
+            "reference.counts to the layer with raw counts, or reference.undo_log if it is exactly invertible"
+        )
+    return matrix
+
+
+def _undo_log(matrix: sp.csr_matrix, obs: pd.DataFrame, path: Path, spec: dict) -> sp.csr_matrix:
+    """Invert ``log_base(counts / size_factor + 1)``; refused unless every value comes back an integer."""
+    factors = obs[spec["size_factor_column"]].to_numpy(dtype=np.float64)
+    counts = matrix.copy()
+    counts.data = np.power(float(spec["base"]), counts.data) - 1.0
+    counts = sp.csr_matrix(sp.diags(factors) @ counts)
+    deviation = float(np.abs(counts.data - np.round(counts.data)).max()) if counts.nnz else 0.0
+    if deviation > INTEGER_TOLERANCE:
+        raise BuildError(
+            f"{path}: undoing log{spec['base']}(counts / {spec['size_factor_column']} + 1) does not give integer "
+            f"counts (a value is {deviation:.3g} from an integer): the matrix is not exactly invertible"
+        )
+    logger.info("undid log%s(x / size factor + 1): largest distance to an integer %.2g", spec["base"], deviation)
+    counts.data = np.round(counts.data)
+    counts.eliminate_zeros()
+    return counts
+
+
+def read_labelled(path: Path, label_column: str, keep: set[str] | None = None, spec: dict | None = None) -> Labelled:
+    """The cells of an h5ad whose label is in ``keep`` (all when None); counts as ``spec`` says (default X)."""
     import anndata as ad
 
     adata = ad.read_h5ad(path)
@@ -74,17 +143,50 @@ def read_labelled(path: Path, label_column: str, keep: set[str] | None = None):
         raise BuildError(f"{path} has no obs column {label_column!r}; columns: {', '.join(adata.obs.columns)}")
     labels = adata.obs[label_column].astype(str).to_numpy()
     mask = np.isin(labels, sorted(keep)) if keep is not None else np.ones(len(labels), dtype=bool)
-    return adata.X[mask].tocsr(), adata.var_names.to_numpy().astype(str), labels[mask]
+    counts = _counts_matrix(adata, path, spec or {})
+    return Labelled(counts, adata.var_names.to_numpy().astype(str), labels, adata.obs).subset(mask)
+
+
+def read_reference(paths: list[Path], ref: dict, keep: set[str] | None) -> tuple[Labelled, np.ndarray | None]:
+    """The cells of one or several reference files on their shared genes, and a batch per cell (or None)."""
+    parts = [read_labelled(p, ref["label_column"], keep, ref) for p in paths]
+    genes = parts[0].genes
+    for part in parts[1:]:
+        genes = genes[np.isin(genes, part.genes)]
+    if len(parts) > 1:
+        logger.info("%d reference files share %d genes", len(parts), len(genes))
+
+    def on_genes(part: Labelled) -> sp.csr_matrix:
+        return part.counts[:, pd.Index(part.genes).get_indexer(genes)]
+
+    counts = sp.vstack([on_genes(p) for p in parts]).tocsr()
+    obs = pd.concat([p.obs for p in parts])
+    reference = Labelled(counts, genes, np.concatenate([p.labels for p in parts]), obs)
+    if ref.get("batch_column"):
+        return reference, obs[ref["batch_column"]].astype(str).to_numpy()
+    if len(parts) > 1:
+        return reference, np.concatenate(
+            [np.full(p.counts.shape[0], path.stem) for p, path in zip(parts, paths, strict=True)]
+        )
+    return reference, None
+
+
+def label_table(recipe: dict, reference: Labelled) -> dict[str, dict]:
+    """Label -> {ontology_term_id, ontology_term_name}: the recipe's table, or the reference's id column."""
+    ref = recipe["reference"]
+    if "ontology_column" not in ref:
+        return recipe["labels"]
+    ids = reference.obs[ref["ontology_column"]].astype(str).to_numpy()
+    table = pd.DataFrame({"label": reference.labels, "id": ids}).drop_duplicates("label").set_index("label")["id"]
+    return {label: {"ontology_term_id": table[label], "ontology_term_name": label} for label in sorted(table.index)}
 
 
 def evaluate_query(model, model_genes: np.ndarray, path: Path, spec: dict) -> dict:
-    """Ontology-level accuracy and ECE of a saved model on a labelled query from another study."""
-    import pandas as pd
-
-    counts, genes, labels = read_labelled(path, spec["label_column"], set(spec["labels"]))
-    frame = pd.DataFrame.sparse.from_spmatrix(counts, columns=genes).sparse.to_dense()
+    """Ontology-level accuracy, ECE and annotation time of a saved model on a labelled query of another study."""
+    query = read_labelled(path, spec["label_column"], set(spec["labels"]))
+    frame = pd.DataFrame.sparse.from_spmatrix(query.counts, columns=query.genes).sparse.to_dense()
     out = model.predict(frame)
-    truth = np.array([spec["labels"][label] for label in labels])
+    truth = np.array([spec["labels"][label] for label in query.labels])
     correct = np.array([ontology_match(p, t) for p, t in zip(out[contract.ONTOLOGY_TERM_ID], truth, strict=True)])
     confidence = 1.0 - out[contract.UNCERTAINTY].to_numpy()
     assigned = confidence >= 1.0 - UNASSIGNED_THRESHOLD
@@ -92,8 +194,8 @@ def evaluate_query(model, model_genes: np.ndarray, path: Path, spec: dict) -> di
         "name": spec.get("name", path.name),
         "file": path.name,
         "file_sha256": sha256_file(path),
-        "n_cells": len(labels),
-        "model_genes_present": int(np.isin(model_genes, genes).sum()),
+        "n_cells": len(query.labels),
+        "model_genes_present": int(np.isin(model_genes, query.genes).sum()),
         # as the runner reports it by default: 'Unassigned' cells count as wrong
         "ontology_accuracy": round(float((correct & assigned).mean()), 4),
         "ontology_accuracy_no_threshold": round(float(correct.mean()), 4),
@@ -103,18 +205,58 @@ def evaluate_query(model, model_genes: np.ndarray, path: Path, spec: dict) -> di
     }
 
 
-def build(recipe_ref: str, reference: Path, out_dir: Path) -> Path:
-    """Train the recipe on ``reference`` and save ``out_dir/NAME-VERSION`` (an MLflow model directory)."""
+def time_annotation(model, model_genes: np.ndarray, cells: Labelled, source: str, n_cells: int) -> dict:
+    """Seconds the runner's path (CSR counts in model gene order, in one batch) takes for ``n_cells`` cells.
+
+    The ``cells`` are repeated up to ``n_cells``, so the time is measured, not extrapolated.
+    """
+    order = pd.Index(cells.genes).get_indexer(model_genes)
+    present = order >= 0
+    counts = cells.counts[:, np.where(present, order, 0)]
+    counts = sp.csr_matrix(counts.multiply(present.astype(np.float64)[None, :]))
+    counts = counts[np.resize(np.arange(counts.shape[0]), n_cells)]
+    params = {contract.GENES_PRESENT: [str(g) for g in model_genes[present]]}
+    start = time.perf_counter()
+    model.predict(counts, params=params)
+    return {"file": source, "n_cells": n_cells, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def build(
+    recipe_ref: str,
+    references: list[Path],
+    out_dir: Path,
+    overrides: dict | None = None,
+    timing_cells: int = TIMING_CELLS,
+) -> Path:
+    """Train the recipe on ``references`` and save ``out_dir/NAME-VERSION`` (an MLflow model directory).
+
+    ``overrides`` replace entries of the recipe's ``params`` (e.g. fewer epochs for a quick build);
+    ``timing_cells`` cells of the first cross-study query are annotated to measure the time (0: skip).
+    """
     recipe, recipe_path = load_recipe(recipe_ref)
+    recipe["params"] = {**(recipe.get("params") or {}), **(overrides or {})}
     family = importlib.import_module(FAMILIES[recipe["family"]] + ".train")
     pyfunc = importlib.import_module(FAMILIES[recipe["family"]] + ".pyfunc")
     ref = recipe["reference"]
-    if not reference.is_file():
-        raise BuildError(f"reference file {reference} does not exist")
-    keep = set(recipe["labels"]) - set(ref.get("drop_labels", []))
-    counts, genes, labels = read_labelled(reference, ref["label_column"], keep)
-    logger.info("reference %s: %d cells, %d genes, %d classes", reference.name, *counts.shape, len(set(labels)))
-    weights, report = family.train(counts, genes, labels, recipe.get("params"))
+    for path in references:
+        if not path.is_file():
+            raise BuildError(f"reference file {path} does not exist")
+    keep = set(recipe["labels"]) - set(ref.get("drop_labels", [])) if "labels" in recipe else None
+    reference, batch = read_reference(references, ref, keep)
+    if keep is None:  # labels from the data: drop those too rare to learn and score
+        names, sizes = np.unique(reference.labels, return_counts=True)
+        common = np.isin(reference.labels, names[sizes >= int(ref.get("min_cells_per_label", 10))])
+        logger.info(
+            "kept %d of %d labels (min_cells_per_label)",
+            int(np.isin(names, reference.labels[common]).sum()),
+            len(names),
+        )
+        reference = reference.subset(common)
+        batch = batch[common] if batch is not None else None
+    labels_table = label_table(recipe, reference)
+    counts, genes, labels = reference.counts, reference.genes, reference.labels
+    logger.info("reference: %d cells, %d genes, %d classes", *counts.shape, len(set(labels)))
+    trained, report = family.train(counts, genes, labels, recipe["params"], batch=batch)
 
     target = out_dir / f"{recipe['name']}-{recipe['version']}"
     if target.exists():
@@ -130,22 +272,24 @@ def build(recipe_ref: str, reference: Path, out_dir: Path) -> Path:
         "description": " ".join(str(recipe.get("description", "")).split()),
         "gene_id_type": ref.get("gene_id_type", "symbol"),
         "genes_artifact": "artifacts/genes.txt",
-        "n_genes": len(weights.genes),
-        "labels": {c: recipe["labels"][c] for c in weights.classes},
+        "n_genes": len(trained.genes),
+        "labels": {c: labels_table[c] for c in trained.classes},
         "input": "raw counts (non-negative integers), cells x model genes, in the order of genes.txt",
-        "uncertainty": UNCERTAINTY_MEANING,
+        "uncertainty": family.UNCERTAINTY,
+        "stores": family.STORES,
         "training_reference": {
-            "file": reference.name,
-            "sha256": sha256_file(reference),
+            "files": [{"file": p.name, "sha256": sha256_file(p)} for p in references],
             "source_url": ref.get("source_url", ""),
-            "description": ref.get("description", ""),
+            "description": " ".join(str(ref.get("description", "")).split()),
             "licence": ref.get("licence", ""),
             "label_column": ref["label_column"],
+            "counts": _counts_note(ref),
+            "batch": ref.get("batch_column") or ("file" if len(references) > 1 else ""),
             "dropped_labels": list(ref.get("drop_labels", [])),
             "n_cells": int(counts.shape[0]),
         },
-        "training": {k: v for k, v in report.items() if not k.startswith("held_out")},
-        "metrics": {"held_out": report["held_out"], "held_out_uncalibrated": report["held_out_uncalibrated"]},
+        "training": {k: v for k, v in report.items() if not k.startswith("held_out")} | {"cpu_cores": os.cpu_count()},
+        "metrics": {k: v for k, v in report.items() if k.startswith("held_out")},
         "recipe": recipe_path.name,
         "built": dt.date.today().isoformat(),
     }
@@ -153,23 +297,45 @@ def build(recipe_ref: str, reference: Path, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{target.name}.") as tmp:
         staging = Path(tmp) / target.name
-        pyfunc.save_model(staging, weights, metadata["labels"], metadata)
-        metadata["metrics"]["cross_study"] = _evaluate(staging, weights.genes, reference.parent, recipe)
+        pyfunc.save_model(staging, trained, metadata["labels"], metadata)
+        metadata["metrics"] |= _evaluate(staging, trained.genes, references, recipe, timing_cells)
         _rewrite_metadata(staging, metadata)
         (staging / "README.md").write_text(render_card(metadata))
         staging.rename(target)  # the model directory appears whole or not at all
     return target
 
 
-def _evaluate(model_dir: Path, genes: np.ndarray, data_dir: Path, recipe: dict) -> list[dict]:
-    """Score the saved model (loaded as MLflow loads it) on the recipe's cross-study queries found."""
+def _counts_note(ref: dict) -> str:
+    where = str(ref.get("counts", "X"))
+    if "undo_log" not in ref:
+        return f"raw counts from {where}"
+    undo = ref["undo_log"]
+    return (
+        f"{where} holds log{undo['base']}(counts / {undo['size_factor_column']} + 1); raw counts recovered as "
+        f"({undo['base']}^x - 1) * {undo['size_factor_column']}, checked to be integers within {INTEGER_TOLERANCE}"
+    )
+
+
+def _evaluate(model_dir: Path, genes: np.ndarray, references: list[Path], recipe: dict, timing_cells: int) -> dict:
+    """Score the saved model (loaded as MLflow loads it) on the recipe's cross-study queries found (beside
+    the first reference), and time it on ``timing_cells`` cells of the first one, else of the reference."""
     import mlflow
 
+    data_dir = references[0].parent
     specs = [s for s in recipe.get("evaluation", []) if (data_dir / s["file"]).is_file()]
-    if not specs:
-        return []
     model = mlflow.pyfunc.load_model(str(model_dir))
-    return [evaluate_query(model, genes, data_dir / s["file"], s) for s in specs]
+    scores = {"cross_study": [evaluate_query(model, genes, data_dir / s["file"], s) for s in specs]}
+    if timing_cells:
+        if specs:
+            source = data_dir / specs[0]["file"]
+            cells = read_labelled(source, specs[0]["label_column"], set(specs[0]["labels"]))
+        else:
+            source, cells = (
+                references[0],
+                read_labelled(references[0], recipe["reference"]["label_column"], None, recipe["reference"]),
+            )
+        scores["annotation_time"] = time_annotation(model, genes, cells, source.name, timing_cells)
+    return scores
 
 
 def _plain(obj):
@@ -184,15 +350,29 @@ def _rewrite_metadata(model_dir: Path, metadata: dict) -> None:
     mlmodel.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
+def _parse_override(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise BuildError(f"--param expects KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model_zoo.build", description=__doc__.splitlines()[0])
     parser.add_argument("recipe", help="zoo recipe name (model_zoo/recipes/NAME.yaml) or a recipe .yaml path")
-    parser.add_argument("--reference", required=True, type=Path, help="reference .h5ad with raw counts and labels")
+    parser.add_argument(
+        "--reference", required=True, type=Path, action="append", help="reference .h5ad (repeat for several files)"
+    )
     parser.add_argument("--out", type=Path, default=Path("build"), help="folder for the model directory")
+    parser.add_argument("--param", action="append", default=[], help="KEY=VALUE overriding a recipe parameter")
+    parser.add_argument(
+        "--timing-cells", type=int, default=TIMING_CELLS, help="cells annotated to time the model (0: skip)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        target = build(args.recipe, args.reference, args.out)
+        overrides = dict(_parse_override(p) for p in args.param)
+        target = build(args.recipe, args.reference, args.out, overrides, args.timing_cells)
     except BuildError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

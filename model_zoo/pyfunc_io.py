@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,38 +16,69 @@ PACKAGE_DIR = Path(__file__).parent
 GENES_ARTIFACT = "genes.txt"
 
 
-def params_signature():
+@dataclass
+class Trained:
+    """A trained model of a family whose weights are more than one npz: the weights (``genes``,
+    ``classes``, ``to_arrays()``) and, in subclasses, the family's other objects."""
+
+    weights: Any
+
+    @property
+    def genes(self) -> np.ndarray:
+        return self.weights.genes
+
+    @property
+    def classes(self) -> np.ndarray:
+        return self.weights.classes
+
+
+def params_signature(extra_params: dict[str, object] | None = None):
+    """The signature's run options: ``genes_present`` and a family's ``extra_params`` (name -> default)."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ParamSchema, ParamSpec
 
-    return ModelSignature(
-        inputs=None,
-        outputs=None,
-        params=ParamSchema([ParamSpec(contract.GENES_PRESENT, "string", [], shape=(-1,))]),
-    )
+    kinds = {str: "string", int: "long", float: "double", bool: "boolean"}
+    specs = [ParamSpec(contract.GENES_PRESENT, "string", [], shape=(-1,))]
+    specs += [ParamSpec(name, kinds[type(value)], value) for name, value in (extra_params or {}).items()]
+    return ModelSignature(inputs=None, outputs=None, params=ParamSchema(specs))
+
+
+def load_ontology_ids(context) -> dict[str, str]:
+    """Label -> ontology term id, from a saved model's ``labels`` artifact."""
+    labels = json.loads(Path(context.artifacts["labels"]).read_text())
+    return {name: entry.get("ontology_term_id", "") for name, entry in labels.items()}
+
+
+def load_arrays(context) -> dict[str, np.ndarray]:
+    """The ``weights`` artifact (npz of plain arrays, no pickles)."""
+    with np.load(context.artifacts["weights"], allow_pickle=False) as arrays:
+        return dict(arrays)
 
 
 def save_family_model(
     path: Path,
-    *,
+    weights,
     family_dir: Path,
-    arrays: dict[str, np.ndarray],
-    genes: np.ndarray,
     labels: dict,
     metadata: dict,
+    extra_artifacts: dict[str, Path] | None = None,
+    extra_params: dict[str, object] | None = None,
 ) -> None:
-    """Save ``arrays`` (npz), the gene list and the label table as artifacts of a models-from-code pyfunc.
+    """Save ``weights.to_arrays()`` (npz), the gene list ``weights.genes`` and the label table as artifacts
+    of a models-from-code pyfunc.
 
     ``family_dir`` holds ``model_code.py`` (the pyfunc entry point) and ``requirements.txt`` (exact pins).
     The whole ``model_zoo`` package travels as a code path, so the model runs without cellzoo installed.
+    ``extra_artifacts`` (name -> file or folder) are a family's other open-format files (an xgboost
+    JSON booster, an scvi-tools model directory); ``extra_params`` are its run options with defaults.
     """
     import mlflow
 
     requirements = (family_dir / "requirements.txt").read_text().split()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        np.savez_compressed(tmp / "weights.npz", **arrays)
-        (tmp / GENES_ARTIFACT).write_text("\n".join(map(str, genes)) + "\n")
+        np.savez_compressed(tmp / "weights.npz", **weights.to_arrays())
+        (tmp / GENES_ARTIFACT).write_text("\n".join(map(str, weights.genes)) + "\n")
         (tmp / "labels.json").write_text(json.dumps(labels, indent=1, sort_keys=True))
         mlflow.pyfunc.save_model(
             str(path),
@@ -57,9 +90,10 @@ def save_family_model(
                     ("genes", GENES_ARTIFACT),
                     ("labels", "labels.json"),
                 ]
-            },
+            }
+            | {name: str(p) for name, p in (extra_artifacts or {}).items()},
             code_paths=[str(PACKAGE_DIR)],
             pip_requirements=requirements,
-            signature=params_signature(),
+            signature=params_signature(extra_params),
             metadata=metadata,
         )

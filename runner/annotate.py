@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from runner import __version__
+from runner.envs import ENV_MANAGERS, choose_manager, ensure_env, read_env_spec
 from runner.errors import UsageError
-from runner.invoke import load_pyfunc, predict_in_batches, read_model_info
+from runner.invoke import load_pyfunc, predict_in_batches, predict_in_env, read_model_info, run_params
 from runner.keys import ResultKeys
 from runner.query import check_query
 from runner.readers import ReadOptions, read_input
@@ -45,6 +46,7 @@ class Summary:
     model_genes: int
     label_counts: dict[str, int] = field(default_factory=dict)
     mean_uncertainty: float = 0.0
+    environment: str = "local"
 
     def lines(self) -> list[str]:
         width = max((len(k) for k in self.label_counts), default=0)
@@ -56,6 +58,7 @@ class Summary:
             "labels",
             *(f"  {label:<{width}}  {n}" for label, n in self.label_counts.items()),
             f"uncertainty mean {self.mean_uncertainty:.3f}",
+            f"environment {self.environment}",
             f"output      {self.output}  (key {self.key!r})",
             *([f"table       {self.table}"] if self.table else []),
         ]
@@ -91,6 +94,8 @@ def annotate(
     offline: bool = False,
     tracking_uri: str | None = None,
     registries: list[Path] | tuple[Path, ...] = (),
+    env_manager: str = "auto",
+    device: str | None = None,
 ) -> Summary:
     """Annotate the cells of ``input_path`` (any format of :func:`runner.readers.read_input`) with a model.
 
@@ -98,10 +103,13 @@ def annotate(
     ``table``, one row per cell to a csv, tsv or parquet file. The input is never modified; outputs
     are written to temporary files and renamed into place. See :func:`runner.write.write_results`
     for every field written. ``trust``, ``offline``, ``tracking_uri`` and ``registries`` are passed
-    to :func:`runner.resolve.resolve_model_ref`.
+    to :func:`runner.resolve.resolve_model_ref`; ``env_manager`` says where the model runs
+    (:mod:`runner.envs`); ``device`` (e.g. ``cuda``) is handed to models that accept it.
     """
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    if env_manager not in ENV_MANAGERS:
+        raise UsageError(f"--env-manager must be one of {', '.join(ENV_MANAGERS)}, got {env_manager!r}")
     if not 0.0 <= unassigned_threshold <= 1.0:
         raise UsageError(f"--unassigned-threshold must be within [0, 1], got {unassigned_threshold}")
     output = output or default_output(input_path)
@@ -135,8 +143,16 @@ def annotate(
     )
     alignment, counts = checked.alignment, checked.counts
 
-    model = load_pyfunc(info)
-    frame = predict_in_batches(model, checked.aligned, alignment.present, info.genes, batch_size)
+    params = run_params(alignment.present, info.genes, {"device": device} if device else None)
+    spec = read_env_spec(info.path)
+    manager = choose_manager(env_manager, spec)
+    environment: dict = {"manager": manager}
+    if manager == "local":
+        frame = predict_in_batches(load_pyfunc(info), checked.aligned, params, batch_size)
+    else:
+        python, record = ensure_env(spec, manager)
+        environment |= {"key": record["key"], "reused": record["reused"], "build_seconds": record["seconds"]}
+        frame = predict_in_env(python, info, checked.aligned, params, batch_size)
     provenance = {
         "model": {
             "name": info.name,
@@ -154,7 +170,9 @@ def annotate(
         "input": input_path.name,
         "input_format": found.format,
         "params": {
-            "env_manager": "local",
+            "env_manager": env_manager,
+            "environment": environment,
+            "device": device or "",
             "batch_size": batch_size,
             "unassigned_threshold": unassigned_threshold,
             "min_gene_overlap": min_gene_overlap,
@@ -200,4 +218,12 @@ def annotate(
         model_genes=len(info.genes),
         label_counts={str(k): int(v) for k, v in predicted.value_counts().items() if v},
         mean_uncertainty=float(np.mean(adata.obs[result_keys.uncertainty])),
+        environment=_describe(environment),
     )
+
+
+def _describe(environment: dict) -> str:
+    if environment["manager"] == "local":
+        return "local (this interpreter)"
+    how = "reused" if environment["reused"] else f"built in {environment['build_seconds']} s"
+    return f"{environment['manager']} {environment['key']} ({how})"

@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from runner.errors import CellzooError, UsageError
+from runner.errors import CellzooError
 
 annotate_app = typer.Typer(
     add_completion=False,
@@ -27,8 +27,10 @@ annotate_app = typer.Typer(
 cellzoo_app = typer.Typer(add_completion=False, no_args_is_help=True, help="cellzoo: the model zoo and its tools.")
 models_app = typer.Typer(no_args_is_help=True, help="The models of the registry.")
 cache_app = typer.Typer(no_args_is_help=True, help="The local model cache.")
+envs_app = typer.Typer(no_args_is_help=True, help="The models' own environments (built once, reused).")
 cellzoo_app.add_typer(models_app, name="models")
 cellzoo_app.add_typer(cache_app, name="cache")
+cellzoo_app.add_typer(envs_app, name="envs")
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Say more (debug logging).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")]
@@ -128,7 +130,16 @@ def annotate(
         float, typer.Option(help="Cells with uncertainty above this are labelled 'Unassigned'.")
     ] = 0.5,
     min_gene_overlap: MinGeneOverlap = 0.2,
-    env_manager: Annotated[str, typer.Option(help="Where the model runs: only 'local' (in-process) so far.")] = "local",
+    env_manager: Annotated[
+        str,
+        typer.Option(
+            help="Where the model runs: auto (in-process when this interpreter meets the model's pins, else its "
+            "own environment), local, uv, virtualenv."
+        ),
+    ] = "auto",
+    device: Annotated[
+        str | None, typer.Option(help="Device for models that take one (xgboost, scanvi): cpu or cuda.")
+    ] = None,
     trust: Trust = False,
     offline: Offline = False,
     tracking_uri: TrackingUri = None,
@@ -143,8 +154,6 @@ def annotate(
 
     options = ReadOptions(genome, orientation, transpose, matrix_key, obs_key, var_key)
     with _user_errors():
-        if env_manager != "local":
-            raise UsageError(f"--env-manager {env_manager!r} is not available yet; use 'local'")
         summary = run_annotate(
             input,
             model,
@@ -163,6 +172,8 @@ def annotate(
             offline=offline,
             tracking_uri=tracking_uri,
             registries=registry or (),
+            env_manager=env_manager,
+            device=device,
         )
     for line in summary.lines():
         typer.echo(line)
@@ -355,11 +366,47 @@ def register(
         typer.echo(f"upload {done.archive} to {done.fields['url']}")
 
 
+@envs_app.command("list")
+def envs_list() -> None:
+    """List the model environments built so far: key, manager, python, build time, size, path."""
+    from runner.envs import envs_dir, list_envs
+
+    rows = list_envs()
+    if not rows:
+        typer.echo(f"no environments in {envs_dir()}")
+        return
+    for row in rows:
+        typer.echo(
+            f"{row['key']}  {row['manager']:<10}  python {row['python']}  built in {row['seconds']} s  "
+            f"{row['size_mb']} MB  {row['path']}"
+        )
+
+
+@envs_app.command("clean")
+def envs_clean(key: Annotated[str | None, typer.Argument(help="Remove only this environment.")] = None) -> None:
+    """Remove the model environments (all, or the one KEY); they are rebuilt when needed."""
+    from runner.envs import clean_envs
+
+    try:
+        removed = clean_envs(key)
+    except CellzooError as err:
+        raise _fail(err) from None
+    typer.echo(f"removed {len(removed)} environment(s)" + (f": {', '.join(removed)}" if removed else ""))
+
+
 @cellzoo_app.command()
 def build(
     recipe: Annotated[str, typer.Argument(help="Zoo recipe name (model_zoo/recipes/NAME.yaml) or a recipe path.")],
-    reference: Annotated[Path, typer.Option(help="Reference .h5ad with raw counts and labels.")],
+    reference: Annotated[
+        list[Path], typer.Option(help="Reference .h5ad with raw counts and labels (repeat for several files).")
+    ],
     out: Annotated[Path, typer.Option(help="Folder for the model directory, archive and card.")] = Path("build"),
+    param: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE overriding a recipe parameter (e.g. max_epochs=5).")
+    ] = None,
+    timing_cells: Annotated[
+        int, typer.Option(help="Cells annotated to time the model for its card (0: skip).")
+    ] = 10_000,
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
@@ -368,16 +415,9 @@ def build(
     from runner.archive import pack_model_dir
 
     # the runner never imports model_zoo: training runs in its own process
-    command = [
-        sys.executable,
-        "-m",
-        "model_zoo.build",
-        recipe,
-        "--reference",
-        str(reference),
-        "--out",
-        str(out),
-    ]
+    command = [sys.executable, "-m", "model_zoo.build", recipe, "--out", str(out), "--timing-cells", str(timing_cells)]
+    command += [arg for path in reference for arg in ("--reference", str(path))]
+    command += [arg for item in param or [] for arg in ("--param", item)]
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
     if done.returncode != 0:
         raise typer.Exit(1)

@@ -15,6 +15,8 @@ from runner.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
+WORKER = Path(__file__).parent / "worker.py"  # run with the model environment's Python
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -63,13 +65,18 @@ def load_pyfunc(info: ModelInfo):
         raise ModelError(f"cannot load model {info.name} from {info.path}: {err}") from err
 
 
-def predict_in_batches(
-    model, counts: sp.csr_matrix, present: np.ndarray, genes: np.ndarray, batch_size: int
-) -> pd.DataFrame:
-    """Call ``model.predict`` on ``batch_size`` cells at a time; one output row per cell."""
+def run_params(present: np.ndarray, genes: np.ndarray, options: dict | None = None) -> dict | None:
+    """The ``params`` of a ``predict`` call: the model genes the query has (when not all) and run options."""
+    params = dict(options or {})
+    if not present.all():
+        params[keys.GENES_PRESENT] = [str(g) for g in genes[present]]
+    return params or None
+
+
+def predict_in_batches(model, counts: sp.csr_matrix, params: dict | None, batch_size: int) -> pd.DataFrame:
+    """Call ``model.predict`` in this process on ``batch_size`` cells at a time; one output row per cell."""
     from tqdm.auto import tqdm
 
-    params = {keys.GENES_PRESENT: [str(g) for g in genes[present]]} if not present.all() else None
     frames = []
     starts = range(0, counts.shape[0], batch_size)
     for start in tqdm(starts, desc="annotate", unit="batch", disable=len(starts) < 2):
@@ -79,7 +86,48 @@ def predict_in_batches(
                 f"the model returned {len(out)} rows for {counts[start : start + batch_size].shape[0]} cells"
             )
         frames.append(out)
-    result = pd.concat(frames, ignore_index=True)
+    return check_output(pd.concat(frames, ignore_index=True), counts.shape[0])
+
+
+def predict_in_env(
+    python: Path, info: ModelInfo, counts: sp.csr_matrix, params: dict | None, batch_size: int
+) -> pd.DataFrame:
+    """Run ``predict`` in the model's environment: the worker script, run by that environment's Python,
+    reads the counts from an npz and writes the output as parquet (no JSON for data)."""
+    import json
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="cellzoo-worker-") as tmp:
+        tmp = Path(tmp)
+        counts = sp.csr_matrix(counts)
+        np.savez(
+            tmp / "counts.npz",
+            data=counts.data,
+            indices=counts.indices,
+            indptr=counts.indptr,
+            shape=np.asarray(counts.shape),
+        )
+        request = {
+            "model": str(info.path),
+            "counts": str(tmp / "counts.npz"),
+            "output": str(tmp / "output.parquet"),
+            "batch_size": batch_size,
+            "params": params,
+        }
+        (tmp / "request.json").write_text(json.dumps(request))
+        done = subprocess.run(
+            [str(python), "-I", str(WORKER), str(tmp / "request.json")], capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            tail = "\n".join(done.stderr.strip().splitlines()[-10:])
+            raise ModelError(f"model {info.name} failed in its environment ({python}):\n{tail}")
+        return check_output(pd.read_parquet(tmp / "output.parquet"), counts.shape[0])
+
+
+def check_output(result: pd.DataFrame, n_cells: int) -> pd.DataFrame:
+    if len(result) != n_cells:
+        raise ModelError(f"the model returned {len(result)} rows for {n_cells} cells")
     for column in (keys.LABEL, keys.UNCERTAINTY):
         if column not in result:
             raise ModelError(f"the model's output lacks the contract column {column!r}; columns: {list(result)[:8]}")

@@ -28,6 +28,7 @@ Every registry entry is trusted: its archive is pinned by sha256.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import logging
 import os
 import re
@@ -100,6 +101,9 @@ class Registry:
             For an unknown name (listing the names and the closest one) or version (listing versions).
         """
         if name not in self.entries:
+            unbuilt = unbuilt_recipe(name)
+            if unbuilt is not None:
+                raise UsageError(unbuilt)
             close = difflib.get_close_matches(name, self.names(), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             where = ", ".join(str(f) for f in self.files or (self.path,))
@@ -116,6 +120,40 @@ class Registry:
 
     def all_entries(self) -> list[RegistryEntry]:
         return [self.entries[n][v] for n in self.names() for v in sorted(self.entries[n])]
+
+
+def recipes_dir() -> Path:
+    """The zoo's recipes (``model_zoo/recipes``), located without importing ``model_zoo``."""
+    spec = importlib.util.find_spec("model_zoo")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations))) / "recipes"
+    return ZOO_REGISTRY.parent / "model_zoo" / "recipes"
+
+
+def unbuilt_recipe(name: str) -> str | None:
+    """What to tell a user who asks for a zoo recipe that has no registry entry (None: no such recipe).
+
+    The recipe is read as data (YAML); nothing of ``model_zoo`` is imported.
+    """
+    import yaml
+
+    path = recipes_dir() / f"{name}.yaml"
+    if not path.is_file():
+        return None
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        recipe = {}
+    ref = recipe.get("reference") or {}
+    files = ref.get("files") or ["REFERENCE.h5ad"]
+    references = " ".join(f"--reference {f}" for f in files)
+    source = ref.get("source_url") or "see the recipe"
+    target = f"build/{name}-{recipe.get('version', 'VERSION')}"
+    return (
+        f"model {name!r} is a zoo recipe ({path}) that has not been built: its reference cannot be shipped, "
+        f"so the registry has no entry for it. Download the reference ({source}), build the model with "
+        f"`cellzoo build {name} {references} --out build`, then annotate with `-m {target}`."
+    )
 
 
 def registry_path() -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 import shutil
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,6 +28,24 @@ def data_file(relative: str) -> Path:
     if not path.exists():
         pytest.fail(f"real dataset {path} is missing: the tests read ../shared/data beside the project")
     return path
+
+
+def truth_terms(dataset: str, labels) -> np.ndarray:
+    """Ontology ids of a dataset's labels, from shared/data/labels_to_ontology.csv (``lung_cell_lines/*`` too)."""
+    with open(DATA / "labels_to_ontology.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    table = {(r["dataset"], r["label"]): r["ontology_term_id"] for r in rows}
+    family = dataset.split("/")[0] + "/*"
+    return np.array([table.get((dataset, str(label))) or table[(family, str(label))] for label in labels])
+
+
+def unpack_zoo_model(name_version: str, target: Path) -> Path:
+    """A committed zoo archive (``models/NAME-VERSION.zip``) unpacked as a model directory."""
+    import zipfile
+
+    with zipfile.ZipFile(ROOT / "models" / f"{name_version}.zip") as zf:
+        zf.extractall(target)
+    return target
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:

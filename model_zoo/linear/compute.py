@@ -16,6 +16,7 @@ Probabilities are calibrated by temperature scaling on a held-out part of the re
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import scipy.optimize
@@ -71,6 +72,16 @@ class LinearWeights:
             reference_latent=np.asarray(arrays["reference_latent"], dtype=np.float64),
             reference_umap=np.asarray(arrays["reference_umap"], dtype=np.float64),
         )
+
+
+class PcaSpace(Protocol):
+    """What the log-normalised PCA embedding needs; :class:`LinearWeights` is one (``xgboost`` reuses it)."""
+
+    count_share: np.ndarray  # (G,) share of all reference counts carried by each model gene
+    pca_mean: np.ndarray  # (G,)
+    pca_components: np.ndarray  # (G, P)
+    ridge: float
+    reference_umap: np.ndarray  # (N, 2)
 
 
 def log_normalise(counts: sp.csr_matrix, library_size: np.ndarray) -> sp.csr_matrix:
@@ -131,7 +142,7 @@ def estimate_library_size(counts: sp.csr_matrix, present: np.ndarray, count_shar
     return np.asarray(counts[:, present].sum(axis=1)).ravel() / max(share, 1e-12)
 
 
-def project(log_expr: np.ndarray, present: np.ndarray, weights: LinearWeights) -> np.ndarray:
+def project(log_expr: np.ndarray, present: np.ndarray, weights: PcaSpace) -> np.ndarray:
     """PCA coordinates of query cells from the genes they have (ridge least squares).
 
     With every gene present and ``ridge`` small this is the usual PCA projection.
@@ -142,7 +153,7 @@ def project(log_expr: np.ndarray, present: np.ndarray, weights: LinearWeights) -
     return np.linalg.solve(gram, w.T @ centred.T).T
 
 
-def impute_missing(log_expr: np.ndarray, latent: np.ndarray, present: np.ndarray, weights: LinearWeights):
+def impute_missing(log_expr: np.ndarray, latent: np.ndarray, present: np.ndarray, weights: PcaSpace):
     """Fill the genes the query lacks with their PCA reconstruction from ``latent``."""
     out = log_expr.copy()
     missing = ~present
@@ -151,7 +162,7 @@ def impute_missing(log_expr: np.ndarray, latent: np.ndarray, present: np.ndarray
     return out
 
 
-def knn_umap(latent: np.ndarray, weights: LinearWeights, index, n_neighbors: int) -> np.ndarray:
+def knn_umap(latent: np.ndarray, weights: PcaSpace, index, n_neighbors: int) -> np.ndarray:
     """Project query cells onto the reference UMAP: inverse-distance-weighted mean of neighbours."""
     dist, idx = index.kneighbors(latent, n_neighbors=n_neighbors)
     w = 1.0 / np.maximum(dist, 1e-6)
@@ -159,11 +170,16 @@ def knn_umap(latent: np.ndarray, weights: LinearWeights, index, n_neighbors: int
     return np.einsum("nk,nkd->nd", w, weights.reference_umap[idx])
 
 
+def embed(counts: sp.csr_matrix, present: np.ndarray, space: PcaSpace) -> tuple[np.ndarray, np.ndarray]:
+    """log1p(CP10k) expression (dense, n x G) and PCA coordinates (n x P) of raw counts in model gene order."""
+    size = estimate_library_size(counts, present, space.count_share)
+    log_expr = log_normalise(counts, size).toarray()
+    return log_expr, project(log_expr, present, space)
+
+
 def predict_arrays(counts: sp.csr_matrix, present: np.ndarray, weights: LinearWeights, index, n_neighbors: int):
     """Probabilities (n x K), PCA embedding (n x P) and UMAP (n x 2) for raw counts in model gene order."""
-    size = estimate_library_size(counts, present, weights.count_share)
-    log_expr = log_normalise(counts, size).toarray()
-    latent = project(log_expr, present, weights)
+    log_expr, latent = embed(counts, present, weights)
     full = impute_missing(log_expr, latent, present, weights)
     logits = full @ weights.coef.T + weights.intercept
     probs = softmax(logits / weights.temperature)

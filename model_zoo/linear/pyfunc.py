@@ -6,16 +6,14 @@ file, and the pyfunc is this code (MLflow "models from code", with ``model_zoo``
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import mlflow
-import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
 from model_zoo import contract
 from model_zoo.linear import compute
-from model_zoo.pyfunc_io import save_family_model
+from model_zoo.pyfunc_io import load_arrays, load_ontology_ids, save_family_model
 
 UMAP_NEIGHBORS = 15
 FAMILY_DIR = Path(__file__).parent
@@ -28,10 +26,8 @@ class LinearAnnotator(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
-        with np.load(context.artifacts["weights"], allow_pickle=False) as arrays:
-            self.weights = compute.LinearWeights.from_arrays(dict(arrays))
-        labels = json.loads(Path(context.artifacts["labels"]).read_text())
-        self.ontology_ids = {name: entry.get("ontology_term_id", "") for name, entry in labels.items()}
+        self.weights = compute.LinearWeights.from_arrays(load_arrays(context))
+        self.ontology_ids = load_ontology_ids(context)
         self.index = NearestNeighbors().fit(self.weights.reference_latent)
 
     def predict(self, context, model_input, params: dict | None = None):
@@ -42,11 +38,4 @@ class LinearAnnotator(mlflow.pyfunc.PythonModel):
 
 def save_model(path: Path, weights: compute.LinearWeights, labels: dict, metadata: dict) -> None:
     """Write an MLflow model directory for ``weights`` at ``path``."""
-    save_family_model(
-        path,
-        family_dir=FAMILY_DIR,
-        arrays=weights.to_arrays(),
-        genes=weights.genes,
-        labels=labels,
-        metadata=metadata,
-    )
+    save_family_model(path, weights, family_dir=FAMILY_DIR, labels=labels, metadata=metadata)

@@ -1,0 +1,1 @@
+"""The ``scanvi`` family: scvi-tools scANVI reference mapping with scArches query surgery."""

@@ -1,0 +1,60 @@
+"""The ``scanvi`` family as an MLflow pyfunc: scArches surgery of each query, kNN label transfer.
+
+A saved model holds the scvi-tools model directory (``model.pt``, as scvi-tools saves it) and an npz
+of plain arrays (reference latents, labels, UMAP); the pyfunc is this code (MLflow "models from code").
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import mlflow
+from sklearn.neighbors import NearestNeighbors
+
+from model_zoo import contract
+from model_zoo.linear.compute import knn_umap
+from model_zoo.pyfunc_io import load_arrays, load_ontology_ids, save_family_model
+from model_zoo.scanvi import compute, scvi_model
+
+UMAP_NEIGHBORS = 15
+FAMILY_DIR = Path(__file__).parent
+SCVI_MODEL = "scvi_model"
+# run options: device ('cpu' or 'cuda'), surgery epochs at most (0: the model's default), random seed
+DEVICE, QUERY_EPOCHS, SEED = "device", "query_epochs", "seed"
+RUN_OPTIONS = {DEVICE: "cpu", QUERY_EPOCHS: 0, SEED: 0}
+
+
+class ScanviAnnotator(mlflow.pyfunc.PythonModel):
+    """Loads the arrays once; ``predict`` maps each query batch by surgery and transfers labels."""
+
+    def load_context(self, context) -> None:
+        self.weights = compute.ScanviWeights.from_arrays(load_arrays(context))
+        self.model_dir = Path(context.artifacts[SCVI_MODEL])
+        self.ontology_ids = load_ontology_ids(context)
+        self.index = NearestNeighbors(n_neighbors=self.weights.n_neighbors).fit(self.weights.reference_latent)
+
+    def predict(self, context, model_input, params: dict | None = None):
+        params = params or {}
+        counts, present = contract.as_model_matrix(model_input, self.weights.genes, params)
+        latent, _ = scvi_model.map_query(
+            self.model_dir,
+            counts,
+            present,
+            self.weights,
+            max_epochs=int(params.get(QUERY_EPOCHS) or self.weights.query_epochs),
+            device=str(params.get(DEVICE) or "cpu"),
+            seed=int(params.get(SEED) or 0),
+        )
+        distances, neighbours = self.index.kneighbors(latent)
+        probs = compute.transfer_labels(distances, neighbours, self.weights.reference_label, len(self.weights.classes))
+        umap = knn_umap(latent, self.weights, self.index, UMAP_NEIGHBORS)
+        return contract.output_frame(self.weights.classes, probs, self.ontology_ids, latent, umap)
+
+
+def save_model(path: Path, model, labels: dict, metadata: dict) -> None:
+    """Write an MLflow model directory for a trained :class:`~model_zoo.scanvi.train.ScanviModel` at ``path``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        scvi_dir = Path(tmp) / SCVI_MODEL
+        model.save_scvi(scvi_dir)
+        save_family_model(path, model.weights, FAMILY_DIR, labels, metadata, {SCVI_MODEL: scvi_dir}, RUN_OPTIONS)

@@ -1,0 +1,50 @@
+"""The ``xgboost`` family as an MLflow pyfunc: save the embedding and booster, load them once, predict.
+
+No pickles: the embedding and calibration are an npz of plain arrays, the booster is xgboost's own
+JSON format, the labels a JSON file, and the pyfunc is this code (MLflow "models from code").
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import mlflow
+import xgboost as xgb
+from sklearn.neighbors import NearestNeighbors
+
+from model_zoo import contract
+from model_zoo.pyfunc_io import load_arrays, load_ontology_ids, save_family_model
+from model_zoo.xgboost import compute
+
+UMAP_NEIGHBORS = 15
+FAMILY_DIR = Path(__file__).parent
+BOOSTER = "booster"
+DEVICE = "device"  # run option: 'cpu' (default) or 'cuda'
+RUN_OPTIONS = {DEVICE: "cpu"}
+
+
+class XGBoostAnnotator(mlflow.pyfunc.PythonModel):
+    """Loads ``weights.npz``, ``booster.json`` and ``labels.json`` once; ``predict`` follows the model contract."""
+
+    def load_context(self, context) -> None:
+        self.weights = compute.XGBoostWeights.from_arrays(load_arrays(context))
+        self.booster = xgb.Booster(model_file=context.artifacts[BOOSTER])
+        self.ontology_ids = load_ontology_ids(context)
+        self.index = NearestNeighbors().fit(self.weights.reference_latent)
+
+    def predict(self, context, model_input, params: dict | None = None):
+        counts, present = contract.as_model_matrix(model_input, self.weights.genes, params)
+        self.booster.set_param({"device": (params or {}).get(DEVICE) or "cpu"})
+        probs, latent, umap = compute.predict_arrays(
+            counts, present, self.weights, self.booster, self.index, UMAP_NEIGHBORS
+        )
+        return contract.output_frame(self.weights.classes, probs, self.ontology_ids, latent, umap)
+
+
+def save_model(path: Path, model: compute.XGBoostModel, labels: dict, metadata: dict) -> None:
+    """Write an MLflow model directory for a trained model at ``path`` (the booster as xgboost JSON)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        booster = Path(tmp) / "booster.json"
+        model.booster.save_model(str(booster))
+        save_family_model(path, model.weights, FAMILY_DIR, labels, metadata, {BOOSTER: booster}, RUN_OPTIONS)

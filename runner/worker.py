@@ -1,0 +1,36 @@
+"""Run a model's ``predict`` in the model's own environment: ``python -I worker.py REQUEST.json``.
+
+The runner starts this file with the environment's Python. It imports nothing of cellzoo (the model
+brings its own code), reads the aligned counts from an npz (CSR arrays), calls ``predict`` batch by
+batch, and writes the output frame as parquet. The request (JSON, small) names the files and options.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def main(request_path: str) -> int:
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
+
+    with open(request_path) as fh:
+        request = json.load(fh)
+    with np.load(request["counts"], allow_pickle=False) as arrays:
+        counts = sp.csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]), shape=tuple(arrays["shape"]))
+    model = mlflow.pyfunc.load_model(request["model"])
+    batch_size = int(request["batch_size"])
+    params = request.get("params") or None
+    frames = [
+        model.predict(counts[start : start + batch_size], params=params)
+        for start in range(0, counts.shape[0], batch_size)
+    ]
+    pd.concat(frames, ignore_index=True).to_parquet(request["output"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
