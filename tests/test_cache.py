@@ -17,7 +17,9 @@ def test_pull_verify_evict_rm_and_clean(model_cache):
     pulled = run_cli("cellzoo", "models", "pull", "pbmc")
     assert pulled.returncode == 0 and PBMC_SHA in pulled.stdout, pulled.stderr
     listed = run_cli("cellzoo", "models", "list")
-    assert listed.stdout.splitlines()[1].split() == ["pbmc", "1.0.0", "human", "blood", "linear", "yes"]
+    rows = {row.split()[0]: row.split() for row in listed.stdout.splitlines()[1:]}
+    assert rows["pbmc"] == ["pbmc", "1.0.0", "human", "blood", "linear", "yes"]
+    assert rows["lung-cell-lines"][-1] == "no"  # only what was pulled is cached
     ok = run_cli("cellzoo", "models", "verify")
     assert ok.returncode == 0 and f"ok      {PBMC_SHA}" in ok.stdout
     labels = model_cache / "models" / PBMC_SHA / "artifacts" / "labels.json"
