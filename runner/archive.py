@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import stat
 import tarfile
 import zipfile
@@ -11,6 +10,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from runner.errors import CellzooError, ModelError
+from runner.files import atomic_path
 
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamp: the same content gives the same bytes
 MAX_UNPACKED_BYTES = 2 * 1024**3  # refuse archives that unpack to more than this (zip bombs)
@@ -29,17 +29,12 @@ def pack_model_dir(model_dir: Path, archive: Path) -> tuple[str, int]:
     if not (model_dir / "MLmodel").is_file():
         raise ModelError(f"{model_dir} is not an MLflow model directory (no MLmodel file)")
     files = sorted(p for p in model_dir.rglob("*") if p.is_file())
-    tmp = archive.with_name(f".{archive.name}.tmp")
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-            for path in files:
-                info = zipfile.ZipInfo(path.relative_to(model_dir).as_posix(), date_time=ZIP_EPOCH)
-                info.external_attr = (stat.S_IFREG | 0o644) << 16
-                info.compress_type = zipfile.ZIP_DEFLATED
-                zf.writestr(info, path.read_bytes(), compresslevel=9)
-        os.replace(tmp, archive)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(archive) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path in files:
+            info = zipfile.ZipInfo(path.relative_to(model_dir).as_posix(), date_time=ZIP_EPOCH)
+            info.external_attr = (stat.S_IFREG | 0o644) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, path.read_bytes(), compresslevel=9)
     return sha256_file(archive), archive.stat().st_size
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import RegistryError, UsageError
+from runner.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -343,14 +344,9 @@ def add_version(path: Path, entry: dict[str, Any], *, name: str, version: str, m
     model["versions"][version] = {k: entry[k] for k in VERSION_FIELDS}
     if make_default:
         model["default"] = version
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_text(header + yaml.safe_dump(doc, sort_keys=False, width=100))
         load_registry(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return True
 
 
@@ -403,9 +399,7 @@ def register_model(
     from runner.archive import pack_model_dir
 
     archive = registry.parent / "models" / f"{name}-{version}.zip"
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    packed = archive.with_name(f".{archive.name}.new")
-    try:
+    with atomic_path(archive) as packed:  # the archive appears only once its entry is in the registry
         sha256, size = pack_model_dir(model_dir, packed)
         metadata = (yaml.safe_load((model_dir / "MLmodel").read_text()) or {}).get("metadata") or {}
         url = f"{url_base.rstrip('/')}/{archive.name}" if url_base else f"models/{archive.name}"
@@ -414,7 +408,4 @@ def register_model(
             fields[key] = str(metadata.get(key) or "unknown")
         fields["description"] = str(metadata.get("description") or f"{name} {version}")
         added = add_version(registry, fields, name=name, version=version, make_default=make_default)
-        os.replace(packed, archive)
-    finally:
-        packed.unlink(missing_ok=True)
     return Registered(name=name, version=version, archive=archive, registry=registry, fields=fields, added=added)

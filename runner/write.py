@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ import pandas as pd
 
 from runner import keys
 from runner.errors import OutputError, UsageError
+from runner.files import atomic_path
 from runner.keys import ResultKeys
 
 TABLE_SEPARATORS = {".csv": ",", ".tsv": "\t", ".parquet": ""}  # '' : parquet
@@ -113,18 +112,12 @@ def write_results(
 
 @contextlib.contextmanager
 def _atomic_path(path: Path):
-    """A temporary path beside ``path``, renamed into place when the block succeeds, removed otherwise."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    """:func:`runner.files.atomic_path`, with a failure to write said as an :class:`OutputError`."""
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            yield tmp
     except OSError as err:
         raise OutputError(f"could not write {path}: {err}") from err
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def write_h5ad_atomic(adata, path: Path) -> None:
