@@ -8,20 +8,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from tqdm.auto import tqdm
 
 from runner import __version__
 from runner.envs import ENV_MANAGERS, choose_manager, ensure_env, read_env_spec
 from runner.errors import UsageError
-from runner.invoke import load_pyfunc, predict_in_batches, predict_in_env, read_model_info, run_params
+from runner.invoke import load_pyfunc, predict_batch, predict_in_env, read_model_info, run_params
 from runner.keys import ResultKeys
-from runner.query import check_query
-from runner.readers import ReadOptions, read_input
+from runner.query import check_cells, check_genes, checked_counts, row_sums
+from runner.readers import ReadOptions
 from runner.resolve import resolve_model_ref
+from runner.sources import open_query
 from runner.write import (
     check_keys_free,
     check_table_path,
     make_barcodes_unique,
-    write_h5ad_atomic,
     write_results,
     write_table_atomic,
 )
@@ -96,6 +99,7 @@ def annotate(
     registries: list[Path] | tuple[Path, ...] = (),
     env_manager: str = "auto",
     device: str | None = None,
+    backed: bool | None = None,
 ) -> Summary:
     """Annotate the cells of ``input_path`` (any format of :func:`runner.readers.read_input`) with a model.
 
@@ -104,7 +108,9 @@ def annotate(
     are written to temporary files and renamed into place. See :func:`runner.write.write_results`
     for every field written. ``trust``, ``offline``, ``tracking_uri`` and ``registries`` are passed
     to :func:`runner.resolve.resolve_model_ref`; ``env_manager`` says where the model runs
-    (:mod:`runner.envs`); ``device`` (e.g. ``cuda``) is handed to models that accept it.
+    (:mod:`runner.envs`); ``device`` (e.g. ``cuda``) is handed to models that accept it. ``backed``
+    streams an h5ad from disk ``batch_size`` cells at a time (``None``: when it is large; see
+    :mod:`runner.sources`), so that memory does not grow with the matrix.
     """
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
@@ -121,105 +127,128 @@ def annotate(
     if table is not None:
         check_table_path(table)
     read_options = read_options or ReadOptions()
-    if read_options.backed:
-        raise UsageError("--backed is for `cellzoo inspect`; annotate reads the query into memory")
 
-    adata, found = read_input(input_path, read_options)
-    for note in found.notes:
-        logger.warning("%s: %s", input_path.name, note)
-    resolved = resolve_model_ref(
-        model_ref, trust=trust, offline=offline, tracking_uri=tracking_uri, registries=registries
-    )
-    info = read_model_info(resolved.path)
-    result_keys = ResultKeys(key_added or info.name)
-    check_keys_free(adata, result_keys, overwrite)
-    checked = check_query(
-        adata,
-        info,
-        counts_layer=counts_layer,
-        gene_column=gene_column,
-        species_map=species_map,
-        min_gene_overlap=min_gene_overlap,
-    )
-    alignment, counts = checked.alignment, checked.counts
+    query = open_query(input_path, read_options, counts_layer, backed)
+    try:
+        for note in query.found.notes:
+            logger.warning("%s: %s", input_path.name, note)
+        resolved = resolve_model_ref(
+            model_ref, trust=trust, offline=offline, tracking_uri=tracking_uri, registries=registries
+        )
+        info = read_model_info(resolved.path)
+        result_keys = ResultKeys(key_added or info.name)
+        check_keys_free(query.existing(), result_keys, overwrite)
+        checked_counts(query.rows(0, min(batch_size, query.n_obs)), query.source, query.others)  # fail fast
+        genes = check_genes(
+            query.obs_names,
+            query.var,
+            info,
+            gene_column=gene_column,
+            species_map=species_map,
+            min_gene_overlap=min_gene_overlap,
+        )
+        alignment = genes.alignment
+        params = run_params(alignment.present, info.genes, {"device": device} if device else None)
+        frame, cells, environment = _predict(query, info, genes, params, env_manager, batch_size)
+        provenance = {
+            "model": {
+                "name": info.name,
+                "version": str(info.metadata.get("version", "")),
+                "family": str(info.metadata.get("family", "")),
+                "reference": resolved.reference,
+                "url": resolved.url,
+                "sha256": resolved.sha256,
+                "registry_version": resolved.registry_version,
+                "tracking_uri": resolved.tracking_uri,
+                "uncertainty": str(info.metadata.get("uncertainty", "")),
+            },
+            "runner_version": __version__,
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "input": input_path.name,
+            "input_format": query.found.format,
+            "params": {
+                "env_manager": env_manager,
+                "environment": environment,
+                "device": device or "",
+                "batch_size": batch_size,
+                "unassigned_threshold": unassigned_threshold,
+                "min_gene_overlap": min_gene_overlap,
+                "counts": query.source,
+                "gene_names": alignment.source,
+                "species": genes.species.name,
+                "species_map": species_map,
+                "read_options": " ".join(read_options.cli_args()),
+                "streamed": query.streamed,
+            },
+            "cells": {
+                "empty": int(cells.empty.sum()),
+                "no_model_genes": int(cells.no_overlap.sum()),
+                "duplicate_barcodes": cells.n_duplicate_barcodes,
+            },
+            "gene_overlap": {
+                "model_genes": len(info.genes),
+                "present_before_mapping": alignment.n_before,
+                "present": alignment.n_present,
+                "fraction": round(alignment.fraction, 4),
+                "summed_duplicates": alignment.n_duplicates,
+            },
+        }
+        target = query.target()
+        make_barcodes_unique(target)  # before the results, so that every field is indexed by the unique names
+        write_results(
+            target,
+            frame,
+            result_keys,
+            unassigned_threshold=unassigned_threshold,
+            provenance=provenance,
+            no_signal=cells.no_signal,
+        )
+        query.write(target, output)
+        if table is not None:
+            write_table_atomic(target, result_keys, table)
+        predicted = target.obs[result_keys.predicted]
+        return Summary(
+            output=output,
+            table=table,
+            key=result_keys.key,
+            model=f"{info.name} {provenance['model']['version']} ({resolved.url})",
+            n_cells=target.n_obs,
+            genes_present=alignment.n_present,
+            model_genes=len(info.genes),
+            label_counts={str(k): int(v) for k, v in predicted.value_counts().items() if v},
+            mean_uncertainty=float(np.mean(target.obs[result_keys.uncertainty])),
+            environment=_describe(environment),
+        )
+    finally:
+        query.close()
 
-    params = run_params(alignment.present, info.genes, {"device": device} if device else None)
+
+def _predict(query, info, genes, params, env_manager: str, batch_size: int):
+    """Read, check and align the query a block of cells at a time and run the model on each block
+    (in this process), or on all aligned blocks at once in the model's own environment.
+
+    Returns the model's output (one row per cell), the :class:`runner.query.Cells` found, and where it ran.
+    """
     spec = read_env_spec(info.path)
     manager = choose_manager(env_manager, spec)
     environment: dict = {"manager": manager}
-    if manager == "local":
-        frame = predict_in_batches(load_pyfunc(info), checked.aligned, params, batch_size)
-    else:
-        python, record = ensure_env(spec, manager)
-        environment |= {"key": record["key"], "reused": record["reused"], "build_seconds": record["seconds"]}
-        frame = predict_in_env(python, info, checked.aligned, params, batch_size)
-    provenance = {
-        "model": {
-            "name": info.name,
-            "version": str(info.metadata.get("version", "")),
-            "family": str(info.metadata.get("family", "")),
-            "reference": resolved.reference,
-            "url": resolved.url,
-            "sha256": resolved.sha256,
-            "registry_version": resolved.registry_version,
-            "tracking_uri": resolved.tracking_uri,
-            "uncertainty": str(info.metadata.get("uncertainty", "")),
-        },
-        "runner_version": __version__,
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "input": input_path.name,
-        "input_format": found.format,
-        "params": {
-            "env_manager": env_manager,
-            "environment": environment,
-            "device": device or "",
-            "batch_size": batch_size,
-            "unassigned_threshold": unassigned_threshold,
-            "min_gene_overlap": min_gene_overlap,
-            "counts": counts.source,
-            "gene_names": alignment.source,
-            "species": checked.species.name,
-            "species_map": species_map,
-            "read_options": " ".join(read_options.cli_args()),
-        },
-        "cells": {
-            "empty": int(checked.cells.empty.sum()),
-            "no_model_genes": int(checked.cells.no_overlap.sum()),
-            "duplicate_barcodes": checked.cells.n_duplicate_barcodes,
-        },
-        "gene_overlap": {
-            "model_genes": len(info.genes),
-            "present_before_mapping": alignment.n_before,
-            "present": alignment.n_present,
-            "fraction": round(alignment.fraction, 4),
-            "summed_duplicates": alignment.n_duplicates,
-        },
-    }
-    make_barcodes_unique(adata)  # before the results, so that every field is indexed by the unique names
-    write_results(
-        adata,
-        frame,
-        result_keys,
-        unassigned_threshold=unassigned_threshold,
-        provenance=provenance,
-        no_signal=checked.cells.no_signal,
-    )
-    write_h5ad_atomic(adata, output)
-    if table is not None:
-        write_table_atomic(adata, result_keys, table)
-    predicted = adata.obs[result_keys.predicted]
-    return Summary(
-        output=output,
-        table=table,
-        key=result_keys.key,
-        model=f"{info.name} {provenance['model']['version']} ({resolved.url})",
-        n_cells=adata.n_obs,
-        genes_present=alignment.n_present,
-        model_genes=len(info.genes),
-        label_counts={str(k): int(v) for k, v in predicted.value_counts().items() if v},
-        mean_uncertainty=float(np.mean(adata.obs[result_keys.uncertainty])),
-        environment=_describe(environment),
-    )
+    model = load_pyfunc(info) if manager == "local" else None
+    outputs, totals, in_model = [], [], []
+    starts = range(0, query.n_obs, batch_size)
+    for start in tqdm(starts, desc="annotate", unit="batch", disable=len(starts) < 2):
+        counts = checked_counts(query.rows(start, start + batch_size), query.source, query.others)
+        aligned = (counts @ genes.alignment.matrix).tocsr()
+        totals.append(row_sums(counts))
+        in_model.append(row_sums(aligned))
+        outputs.append(predict_batch(model, aligned, params) if model is not None else aligned)
+    cells = check_cells(np.concatenate(totals), np.concatenate(in_model), query.obs_names)
+    for line in cells.warnings() + genes.warnings:
+        logger.warning(line)
+    if model is not None:
+        return pd.concat(outputs, ignore_index=True), cells, environment
+    python, record = ensure_env(spec, manager)
+    environment |= {"key": record["key"], "reused": record["reused"], "build_seconds": record["seconds"]}
+    return predict_in_env(python, info, sp.vstack(outputs, format="csr"), params, batch_size), cells, environment
 
 
 def _describe(environment: dict) -> str:

@@ -125,7 +125,16 @@ def annotate(
     matrix_key: MatrixKey = None,
     obs_key: ObsKey = None,
     var_key: VarKey = None,
-    batch_size: Annotated[int, typer.Option(help="Cells per model call.")] = 10_000,
+    batch_size: Annotated[int, typer.Option(help="Cells read and annotated at a time.")] = 10_000,
+    backed: Annotated[
+        bool | None,
+        typer.Option(
+            "--backed/--in-memory",
+            help="h5ad: stream the matrix from disk a batch at a time, or read it whole "
+            "\\[default: stream from 100,000 cells].",
+            show_default=False,
+        ),
+    ] = None,
     unassigned_threshold: Annotated[
         float, typer.Option(help="Cells with uncertainty above this are labelled 'Unassigned'.")
     ] = 0.5,
@@ -174,6 +183,7 @@ def annotate(
             registries=registry or (),
             env_manager=env_manager,
             device=device,
+            backed=backed,
         )
     for line in summary.lines():
         typer.echo(line)

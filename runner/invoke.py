@@ -73,20 +73,10 @@ def run_params(present: np.ndarray, genes: np.ndarray, options: dict | None = No
     return params or None
 
 
-def predict_in_batches(model, counts: sp.csr_matrix, params: dict | None, batch_size: int) -> pd.DataFrame:
-    """Call ``model.predict`` in this process on ``batch_size`` cells at a time; one output row per cell."""
-    from tqdm.auto import tqdm
-
-    frames = []
-    starts = range(0, counts.shape[0], batch_size)
-    for start in tqdm(starts, desc="annotate", unit="batch", disable=len(starts) < 2):
-        out = model.predict(counts[start : start + batch_size], params=params)
-        if len(out) != min(batch_size, counts.shape[0] - start):
-            raise ModelError(
-                f"the model returned {len(out)} rows for {counts[start : start + batch_size].shape[0]} cells"
-            )
-        frames.append(out)
-    return check_output(pd.concat(frames, ignore_index=True), counts.shape[0])
+def predict_batch(model, counts: sp.csr_matrix, params: dict | None) -> pd.DataFrame:
+    """Call ``model.predict`` in this process on one block of cells; floats of the output kept as float32."""
+    out = check_output(model.predict(counts, params=params), counts.shape[0])
+    return out.astype({c: np.float32 for c in out.columns if out[c].dtype == np.float64})
 
 
 def predict_in_env(

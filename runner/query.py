@@ -95,44 +95,54 @@ def describe_values(matrix: sp.csr_matrix) -> str:
     )
 
 
-def find_counts(adata, layer: str | None = None) -> Counts:
-    """The raw counts: the named layer, else ``raw.X``, else ``X``; checked to look like counts.
-
-    Values within 1e-6 of an integer (counts written as floats by a text export) are rounded, in a
-    copy. Data that are not counts are refused, naming a layer that holds counts when there is one.
-    """
+def counts_source(layer: str | None, layers, has_raw: bool) -> str:
+    """Where the raw counts are read from: the named layer, else ``raw.X``, else ``X``."""
     if layer is not None:
-        if layer not in adata.layers:
+        if layer not in layers:
             raise UsageError(
-                f"--counts-layer {layer!r} is not a layer of the input; layers: {', '.join(adata.layers) or 'none'}"
+                f"--counts-layer {layer!r} is not a layer of the input; layers: {', '.join(layers) or 'none'}"
             )
-        source, x, var = f"layers[{layer!r}]", adata.layers[layer], adata.var
-    elif adata.raw is not None:
-        source, x, var = "raw.X", adata.raw.X, adata.raw.var
-    else:
-        source, x, var = "X", adata.X, adata.var
-    matrix = as_csr(x)
+        return f"layers[{layer!r}]"
+    return "raw.X" if has_raw else "X"
+
+
+def checked_counts(matrix: sp.csr_matrix, source: str, others) -> sp.csr_matrix:
+    """``matrix`` (cells of ``source``) checked to look like raw counts; near-integers rounded, in a copy.
+
+    Values within 1e-6 of an integer (counts written as floats by a text export) are rounded. Data
+    that are not counts are refused, naming a matrix among ``others`` (a callable giving
+    ``(source, matrix)`` pairs of the other candidates) that holds counts when there is one.
+    """
     problem = counts_problem(matrix)
     if problem:
-        hint = "" if matrix.shape[0] * matrix.shape[1] == 0 else f" {_counts_hint(adata, source)}"
+        hint = "" if matrix.shape[0] * matrix.shape[1] == 0 else f" {_counts_hint(others(), source)}"
         raise InputError(f"{source} {problem}.{hint}")
     if matrix.nnz and not np.array_equal(matrix.data, np.round(matrix.data)):
         matrix = matrix.copy()
         matrix.data = np.round(matrix.data)
+    return matrix
+
+
+def find_counts(adata, layer: str | None = None) -> Counts:
+    """The raw counts of an in-memory AnnData (:func:`counts_source`), checked by :func:`checked_counts`."""
+    source = counts_source(layer, adata.layers, adata.raw is not None)
+    x, var = next((x, var) for s, x, var in candidates(adata) if s == source)
+    matrix = checked_counts(as_csr(x), source, lambda: [(s, as_csr(m)) for s, m, _ in candidates(adata)])
     logger.info("counts from %s: %d cells x %d genes", source, *matrix.shape)
     return Counts(matrix, var, source)
 
 
-def _counts_hint(adata, failed: str) -> str:
+def _counts_hint(others, failed: str) -> str:
     """Where the counts may be instead: a layer (or raw.X) that holds counts, else the general advice."""
-    for source, x, _ in candidates(adata):
-        if source != failed and not counts_problem(as_csr(x)):
+    layers = []
+    for source, matrix in others:
+        layers += [source[8:-2]] if source.startswith("layers") else []
+        if source != failed and not counts_problem(matrix):
             flag = f"--counts-layer {source[8:-2]}" if source.startswith("layers") else "(raw.X is used by default)"
             return f"{source} holds raw counts: pass {flag}."
-    layers = ", ".join(adata.layers) or "none"
     return (
-        f"The model needs raw counts: pass --counts-layer with the layer that holds them (layers: {layers}), "
-        "or keep raw counts in X or raw.X."
+        f"The model needs raw counts: pass --counts-layer with the layer that holds them (layers: "
+        f"{', '.join(layers) or 'none'}), or keep raw counts in X or raw.X."
     )
 
 
@@ -168,10 +178,11 @@ class Cells:
         return out
 
 
-def check_cells(counts: Counts, aligned: sp.csr_matrix, obs_names) -> Cells:
-    """Empty cells, cells without counts in the model's genes, duplicate barcodes; refuse if no cell is left."""
-    totals = np.asarray(counts.matrix.sum(axis=1)).ravel()
-    in_model = np.asarray(aligned.sum(axis=1)).ravel()
+def check_cells(totals: np.ndarray, in_model: np.ndarray, obs_names) -> Cells:
+    """Empty cells, cells without counts in the model's genes, duplicate barcodes; refuse if no cell is left.
+
+    ``totals`` and ``in_model`` are each cell's counts over all genes and over the model's genes.
+    """
     cells = Cells(
         n_cells=len(totals),
         empty=totals == 0,
@@ -186,17 +197,33 @@ def check_cells(counts: Counts, aligned: sp.csr_matrix, obs_names) -> Cells:
     return cells
 
 
-@dataclass
-class CheckedQuery:
-    """A query that passed the checks: counts, species, gene alignment, cells, and the warnings to show."""
+def row_sums(matrix: sp.csr_matrix) -> np.ndarray:
+    return np.asarray(matrix.sum(axis=1)).ravel()
 
-    counts: Counts
+
+@dataclass
+class GeneCheck:
+    """The query's genes checked against a model: id type, species, alignment, and warnings to show."""
+
     id_type: str
     species: Species
     alignment: Alignment
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CheckedQuery:
+    """An in-memory query that passed every check: counts, genes, cells, and the warnings to show."""
+
+    counts: Counts
+    genes: GeneCheck
     aligned: sp.csr_matrix  # cells x model genes, raw counts in the model's gene order
     cells: Cells
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def alignment(self) -> Alignment:
+        return self.genes.alignment
 
 
 def check_orientation(obs_names, var_names) -> None:
@@ -221,28 +248,26 @@ def check_species(species: Species, model_species: str, species_map: bool) -> No
     )
 
 
-def check_query(
-    adata,
+def check_genes(
+    obs_names,
+    var: pd.DataFrame,
     info,
     *,
-    counts_layer: str | None = None,
     gene_column: str | None = None,
     species_map: bool = False,
     min_gene_overlap: float = 0.2,
-) -> CheckedQuery:
-    """Every check before a model runs, in order: counts, gene ids and species, overlap, cells.
+) -> GeneCheck:
+    """The checks on the query's names, before its matrix is read: orientation, gene ids, species, overlap.
 
-    ``info`` is the model's :class:`runner.invoke.ModelInfo`. Raises :class:`InputError` (or
-    ``UsageError``) at the first problem; what is only worth a warning is logged and returned.
+    ``var`` describes the genes of the counts matrix; ``info`` is the model's :class:`runner.invoke.ModelInfo`.
     """
-    counts = find_counts(adata, counts_layer)
-    names = counts.var.index
-    check_orientation(adata.obs_names, names)
+    names = var.index
+    check_orientation(obs_names, names)
     species = detect_species(names)
     check_species(species, info.species, species_map)
     query_species = species.name if species_map and species.name != "unknown" else None
     alignment = align_genes(
-        counts.var,
+        var,
         info.genes,
         model_id_type=info.gene_id_type,
         species=info.species,
@@ -258,11 +283,37 @@ def check_query(
         alignment.source,
     )
     check_overlap(alignment, info.gene_id_type, min_gene_overlap, names)
-    aligned = (counts.matrix @ alignment.matrix).tocsr()
-    cells = check_cells(counts, aligned, adata.obs_names)
-    warnings = cells.warnings()
-    if species.name == "unknown":
-        warnings.append(f"species not recognised from the gene names ({species.evidence})")
+    unknown = species.name == "unknown"
+    warnings = [f"species not recognised from the gene names ({species.evidence})"] if unknown else []
+    return GeneCheck(id_type(names), species, alignment, warnings)
+
+
+def check_query(
+    adata,
+    info,
+    *,
+    counts_layer: str | None = None,
+    gene_column: str | None = None,
+    species_map: bool = False,
+    min_gene_overlap: float = 0.2,
+) -> CheckedQuery:
+    """Every check of an in-memory query, in order: counts, gene ids and species, overlap, cells.
+
+    Raises :class:`InputError` (or ``UsageError``) at the first problem; what is only worth a
+    warning is logged and returned. ``annotate`` runs the same checks chunk by chunk (:mod:`runner.annotate`).
+    """
+    counts = find_counts(adata, counts_layer)
+    genes = check_genes(
+        adata.obs_names,
+        counts.var,
+        info,
+        gene_column=gene_column,
+        species_map=species_map,
+        min_gene_overlap=min_gene_overlap,
+    )
+    aligned = (counts.matrix @ genes.alignment.matrix).tocsr()
+    cells = check_cells(row_sums(counts.matrix), row_sums(aligned), adata.obs_names)
+    warnings = cells.warnings() + genes.warnings
     for line in warnings:
         logger.warning(line)
-    return CheckedQuery(counts, id_type(names), species, alignment, aligned, cells, warnings)
+    return CheckedQuery(counts, genes, aligned, cells, warnings)

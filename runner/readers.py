@@ -91,10 +91,6 @@ def read_input(path: Path, options: ReadOptions | None = None):
     needed) and an :class:`InputDescription`.
     """
     options = options or ReadOptions()
-    if options.orientation is not None and options.orientation not in ORIENTATIONS:
-        raise UsageError(f"--orientation must be one of {', '.join(ORIENTATIONS)}, got {options.orientation!r}")
-    if not path.exists():
-        raise UsageError(f"input {path} does not exist")
     kind = detect_format(path, options)
     try:
         return READERS[kind](path, options)
@@ -104,6 +100,10 @@ def read_input(path: Path, options: ReadOptions | None = None):
 
 def detect_format(path: Path, options: ReadOptions) -> str:
     """The format of ``path`` from its content: a folder is a 10x matrix folder; else the first bytes."""
+    if options.orientation is not None and options.orientation not in ORIENTATIONS:
+        raise UsageError(f"--orientation must be one of {', '.join(ORIENTATIONS)}, got {options.orientation!r}")
+    if not path.exists():
+        raise UsageError(f"input {path} does not exist")
     if path.is_dir():
         return TENX_MTX
     with open(path, "rb") as fh:

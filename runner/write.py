@@ -16,16 +16,17 @@ from runner.keys import ResultKeys
 TABLE_SEPARATORS = {".csv": ",", ".tsv": "\t", ".parquet": ""}  # '' : parquet
 
 
-def existing_keys(adata, result: ResultKeys) -> list[str]:
-    """The result fields that the input already has."""
-    taken = [f"obs[{k!r}]" for k in result.obs_keys() if k in adata.obs]
-    taken += [f"obsm[{k!r}]" for k in result.obsm_keys() if k in adata.obsm]
-    taken += [f"uns[{result.provenance!r}]"] if result.provenance in adata.uns else []
+def existing_keys(existing: tuple[list[str], list[str], list[str]], result: ResultKeys) -> list[str]:
+    """The result fields that the input already has; ``existing``: the names in its obs, obsm and uns."""
+    obs, obsm, uns = existing
+    taken = [f"obs[{k!r}]" for k in result.obs_keys() if k in obs]
+    taken += [f"obsm[{k!r}]" for k in result.obsm_keys() if k in obsm]
+    taken += [f"uns[{result.provenance!r}]"] if result.provenance in uns else []
     return taken
 
 
-def check_keys_free(adata, result: ResultKeys, overwrite: bool) -> None:
-    taken = existing_keys(adata, result)
+def check_keys_free(existing: tuple[list[str], list[str], list[str]], result: ResultKeys, overwrite: bool) -> None:
+    taken = existing_keys(existing, result)
     if taken and not overwrite:
         raise OutputError(
             f"the input already has {', '.join(taken)}; pass --overwrite to replace them, "
@@ -124,6 +125,29 @@ def write_h5ad_atomic(adata, path: Path) -> None:
     """Write ``adata`` to a temporary file beside ``path`` and rename it into place."""
     with _atomic_path(path) as tmp:
         adata.write_h5ad(tmp, compression="gzip")
+
+
+def write_h5ad_streamed(input_path: Path, results, path: Path) -> None:
+    """The output of a streamed query: a copy of the input file, its ``obs`` replaced by ``results.obs`` and
+    every entry of ``results.obsm`` and ``results.uns`` written into it; the matrix is copied byte for byte,
+    never read. Written to a temporary file beside ``path`` and renamed into place."""
+    import shutil
+
+    import h5py
+    from anndata.io import write_elem
+
+    with _atomic_path(path) as tmp, contextlib.ExitStack() as stack:
+        shutil.copyfile(input_path, tmp)
+        f = stack.enter_context(h5py.File(tmp, "r+"))
+        del f["obs"]
+        write_elem(f, "obs", results.obs)
+        for group, entries in (("obsm", results.obsm), ("uns", results.uns)):
+            if group not in f:
+                write_elem(f, group, {})
+            for key in entries:
+                if key in f[group]:
+                    del f[group][key]
+                write_elem(f[group], key, entries[key])
 
 
 def check_table_path(path: Path) -> None:

@@ -1,0 +1,181 @@
+"""Where ``annotate`` reads a query's counts from, a block of cells at a time.
+
+Two sources: an AnnData in memory (every format :func:`runner.readers.read_input` reads), and an
+h5ad file streamed from disk (:class:`StreamedH5ad`), which never holds more than one block of the
+matrix. ``annotate`` streams an h5ad whose counts are stored by row (CSR, or dense) when it has at
+least :data:`STREAM_MIN_CELLS` cells, or when asked to (``--backed``); ``--in-memory`` reads it whole.
+Both give the same results for the same cells (tests/test_streaming.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import scipy.sparse as sp
+
+from runner.errors import InputError, UsageError
+from runner.query import as_csr, candidates, counts_source
+from runner.readers import H5AD, READ_ERRORS, InputDescription, ReadOptions, detect_format, read_input
+from runner.write import write_h5ad_atomic, write_h5ad_streamed
+
+logger = logging.getLogger(__name__)
+
+STREAM_MIN_CELLS = 100_000  # h5ad queries with this many cells are streamed unless --in-memory
+HEAD_CELLS = 1_000  # cells of the other matrices read to say which of them holds counts
+
+
+class MemoryQuery:
+    """A query read whole into an AnnData; results are written into it and it is written out."""
+
+    streamed = False
+
+    def __init__(self, adata, found: InputDescription, counts_layer: str | None):
+        self.adata, self.found = adata, found
+        self.source = counts_source(counts_layer, adata.layers, adata.raw is not None)
+        x, self.var = next((x, var) for s, x, var in candidates(adata) if s == self.source)
+        self.matrix = as_csr(x)
+        self.obs_names = adata.obs_names
+        self.n_obs = adata.n_obs
+
+    def existing(self) -> tuple[list[str], list[str], list[str]]:
+        """The names already used in obs, obsm and uns."""
+        return list(self.adata.obs.columns), list(self.adata.obsm), list(self.adata.uns)
+
+    def rows(self, start: int, stop: int) -> sp.csr_matrix:
+        return self.matrix[start:stop]
+
+    def others(self) -> list[tuple[str, sp.csr_matrix]]:
+        """The first cells of every matrix that may hold counts, for the hint when the chosen one does not."""
+        return [(source, as_csr(x[:HEAD_CELLS])) for source, x, _ in candidates(self.adata)]
+
+    def target(self):
+        """The AnnData the results are written into."""
+        return self.adata
+
+    def write(self, target, output: Path) -> None:
+        write_h5ad_atomic(target, output)
+
+    def close(self) -> None:
+        pass
+
+
+class StreamedH5ad:
+    """An h5ad whose counts are read from disk a block of cells at a time (CSR or dense, by row).
+
+    Only ``obs`` and the counts' ``var`` are read whole. The output is a copy of the input file with
+    the results written into its ``obs``, ``obsm`` and ``uns`` (:func:`runner.write.write_h5ad_streamed`).
+    """
+
+    streamed = True
+
+    def __init__(self, path: Path, counts_layer: str | None):
+        import anndata as ad
+        import h5py
+
+        self.path = path
+        self.file = h5py.File(path, "r")
+        try:
+            f = self.file
+            layers = list(f["layers"]) if "layers" in f else []
+            self.source = counts_source(counts_layer, layers, "raw" in f and "X" in f["raw"])
+            self.element = f[_element_path(self.source)]
+            self.var = ad.io.read_elem(f["raw/var" if self.source == "raw.X" else "var"])
+            self.obs = ad.io.read_elem(f["obs"])
+            self._matrix = _row_reader(self.element, self.source)
+        except BaseException:
+            self.file.close()
+            raise
+        self.obs_names = self.obs.index
+        self.n_obs = len(self.obs)
+        self.found = InputDescription(path, f"{H5AD} (streamed)")
+
+    def existing(self) -> tuple[list[str], list[str], list[str]]:
+        f = self.file
+        return list(self.obs.columns), list(f["obsm"]) if "obsm" in f else [], list(f["uns"]) if "uns" in f else []
+
+    def rows(self, start: int, stop: int) -> sp.csr_matrix:
+        try:
+            return as_csr(self._matrix[start:stop])
+        except READ_ERRORS as err:
+            raise InputError(f"{self.path}: cells {start}-{stop} of {self.source} could not be read: {err}") from err
+
+    def others(self) -> list[tuple[str, sp.csr_matrix]]:
+        f, found = self.file, []
+        for name in list(f["layers"]) if "layers" in f else []:
+            found.append((f"layers[{name!r}]", f[f"layers/{name}"]))
+        if "raw" in f and "X" in f["raw"]:
+            found.append(("raw.X", f["raw/X"]))
+        found.append(("X", f["X"]))
+        return [(source, as_csr(_row_reader(el, source)[:HEAD_CELLS])) for source, el in found if _by_row(el)]
+
+    def target(self):
+        import anndata as ad
+
+        return ad.AnnData(obs=self.obs)
+
+    def write(self, target, output: Path) -> None:
+        write_h5ad_streamed(self.path, target, output)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _element_path(source: str) -> str:
+    return {"X": "X", "raw.X": "raw/X"}.get(source) or f"layers/{source[8:-2]}"
+
+
+def _by_row(element) -> bool:
+    """Whether cells can be read as blocks of rows: a CSR group or a dense 2-d dataset."""
+    import h5py
+
+    if isinstance(element, h5py.Group):
+        return element.attrs.get("encoding-type") == "csr_matrix"
+    return len(element.shape) == 2
+
+
+def _row_reader(element, source: str):
+    """Something sliced by rows into a matrix: anndata's backed sparse dataset, or the dense dataset."""
+    import anndata as ad
+    import h5py
+
+    if not _by_row(element):
+        kind = element.attrs.get("encoding-type", "group") if isinstance(element, h5py.Group) else element.shape
+        raise UsageError(
+            f"{source} is stored as {kind}, which cannot be read a block of cells at a time; pass --in-memory, "
+            "or rewrite the file with cells as rows (adata.X = adata.X.tocsr(); adata.write_h5ad(...))"
+        )
+    return ad.io.sparse_dataset(element) if isinstance(element, h5py.Group) else element
+
+
+def h5ad_cells(path: Path) -> tuple[int, bool]:
+    """The number of cells of an h5ad file, and whether its matrix X can be streamed, without reading it."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        obs = f["obs"]
+        index = obs[obs.attrs.get("_index", "_index")] if isinstance(obs, h5py.Group) else obs
+        return index.shape[0], "X" in f and _by_row(f["X"])
+
+
+def open_query(path: Path, options: ReadOptions, counts_layer: str | None, backed: bool | None):
+    """The query as a source of counts: streamed when ``backed`` (``None``: when it is a large h5ad)."""
+    kind = detect_format(path, options)
+    if kind != H5AD:
+        if backed:
+            raise UsageError(f"--backed streams h5ad files only; {path.name} is {kind}: drop --backed")
+        return MemoryQuery(*read_input(path, options), counts_layer)
+    if backed is None:
+        try:
+            n_cells, by_row = h5ad_cells(path)
+        except READ_ERRORS as err:
+            raise InputError(f"{path} could not be read as {kind}: {err}. Is it complete (not truncated)?") from err
+        backed = n_cells >= STREAM_MIN_CELLS and by_row
+        if n_cells >= STREAM_MIN_CELLS and not by_row:
+            logger.warning("%s: X is not stored by row, so the %d cells are read into memory", path.name, n_cells)
+    if not backed:
+        return MemoryQuery(*read_input(path, options), counts_layer)
+    try:
+        return StreamedH5ad(path, counts_layer)
+    except READ_ERRORS as err:
+        raise InputError(f"{path} could not be opened for streaming: {err}. Is it a complete h5ad file?") from err

@@ -1,0 +1,128 @@
+"""Streaming an h5ad from disk a block of cells at a time gives what the in-memory path gives, and fails safely."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from benchmarks.synthetic import write_synthetic
+from runner.invoke import read_model_info
+from tests.conftest import data_file, run_cli, sha256, unpack_zoo_model
+
+KEY = "pbmc"
+
+
+def assert_same_results(streamed: Path, in_memory: Path) -> None:
+    a, b = ad.read_h5ad(streamed, backed="r"), ad.read_h5ad(in_memory, backed="r")
+    assert a.n_obs == b.n_obs and (a.obs_names == b.obs_names).all()
+    for column in ("predicted", "ontology_term_id"):
+        assert (a.obs[f"{KEY}_{column}"].astype(str) == b.obs[f"{KEY}_{column}"].astype(str)).all()
+    np.testing.assert_allclose(a.obs[f"{KEY}_uncertainty"], b.obs[f"{KEY}_uncertainty"], atol=1e-6)
+    for key in (f"{KEY}_probabilities", f"X_{KEY}", f"X_{KEY}_umap"):
+        np.testing.assert_allclose(np.asarray(a.obsm[key]), np.asarray(b.obsm[key]), atol=1e-5)
+    assert a.uns[KEY]["params"]["streamed"] and not b.uns[KEY]["params"]["streamed"]
+
+
+@pytest.mark.slow
+def test_synthetic_200k_cells_streamed_equal_in_memory(tmp_path):
+    """200,000 SYNTHETIC cells (SoupX cells resampled with Poisson noise), over the pbmc model's genes that
+    SoupX has plus as many others: streamed in 20 blocks by default (>= 100,000 cells), and read whole."""
+    genes = read_model_info(unpack_zoo_model("pbmc-1.0.0", tmp_path / "model")).genes
+    reference = ad.read_h5ad(data_file("pbmc/soupx_pbmc4k.h5ad"), backed="r")
+    model_genes = reference.var_names[reference.var_names.isin(genes)]
+    others = reference.var_names[~reference.var_names.isin(genes)][: len(model_genes)]
+    query = tmp_path / "synthetic_200k.h5ad"
+    write_synthetic(query, 200_000, genes=list(model_genes) + list(others), seed=1)
+    before = sha256(query)
+
+    streamed, in_memory = tmp_path / "streamed.h5ad", tmp_path / "in_memory.h5ad"
+    done = run_cli("annotate", str(query), "-m", "pbmc", "-o", str(streamed), "-q")
+    assert done.returncode == 0, done.stderr
+    done = run_cli("annotate", str(query), "-m", "pbmc", "-o", str(in_memory), "--in-memory", "-q")
+    assert done.returncode == 0, done.stderr
+
+    assert sha256(query) == before  # the input is never modified
+    assert_same_results(streamed, in_memory)
+    out = ad.read_h5ad(streamed, backed="r")
+    assert out.n_obs == 200_000
+    with h5py.File(query) as f_in, h5py.File(streamed) as f_out:  # the matrix is the input's, byte for byte
+        for part in ("data", "indices", "indptr"):
+            assert np.array_equal(f_in[f"X/{part}"][-1000:], f_out[f"X/{part}"][-1000:])
+    # synthetic cells drawn from SoupX keep their source label: the model must mostly agree with it
+    truth = out.obs["Annotation"].astype(str).to_numpy()
+    predicted = out.obs[f"{KEY}_predicted"].astype(str).to_numpy()
+    assert np.mean(predicted[truth != "?"] == truth[truth != "?"]) > 0.9
+
+
+def small_query(path, n_cells: int = 300, *, csc: bool = False, poison_cell: int | None = None) -> None:
+    """Real SoupX cells written as an h5ad; optionally stored column-wise, or with one cell's counts negative."""
+    adata = ad.read_h5ad(data_file("pbmc/soupx_pbmc4k.h5ad"))[:n_cells].copy()
+    x = adata.X.tocsr().astype(np.float32)
+    if poison_cell is not None:
+        row = slice(x.indptr[poison_cell], x.indptr[poison_cell + 1])
+        x.data[row] = -1.0
+    adata.X = sp.csc_matrix(x) if csc else x
+    adata.write_h5ad(path)
+
+
+def test_streamed_small_file_in_blocks_equals_in_memory(tmp_path):
+    query = tmp_path / "q.h5ad"
+    small_query(query)
+    streamed, in_memory = tmp_path / "s.h5ad", tmp_path / "m.h5ad"
+    done = run_cli("annotate", str(query), "-m", "pbmc", "-o", str(streamed), "--backed", "--batch-size", "64")
+    assert done.returncode == 0, done.stderr
+    assert run_cli("annotate", str(query), "-m", "pbmc", "-o", str(in_memory), "--batch-size", "64").returncode == 0
+    assert_same_results(streamed, in_memory)
+    out = ad.read_h5ad(streamed)
+    assert list(out.obs.columns[:2]) == ["Cluster", "Annotation"]  # the input's obs is kept, results added
+
+
+def test_streamed_failure_midway_writes_nothing(tmp_path):
+    query = tmp_path / "q.h5ad"
+    small_query(query, poison_cell=250)  # in the fourth block of 64 cells: found after three were annotated
+    before = sha256(query)
+    out = tmp_path / "out.h5ad"
+    done = run_cli("annotate", str(query), "-m", "pbmc", "-o", str(out), "--backed", "--batch-size", "64")
+    assert done.returncode == 1
+    assert "negative values" in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["q.h5ad"]
+    assert sha256(query) == before
+
+
+def test_column_stored_matrix_cannot_be_streamed(tmp_path):
+    query = tmp_path / "q.h5ad"
+    small_query(query, csc=True)
+    done = run_cli("annotate", str(query), "-m", "pbmc", "-o", str(tmp_path / "out.h5ad"), "--backed")
+    assert done.returncode == 2
+    assert "csc_matrix" in done.stderr and "--in-memory" in done.stderr
+    # without --backed a small column-stored file is read whole, as before
+    assert run_cli("annotate", str(query), "-m", "pbmc", "-o", str(tmp_path / "out.h5ad")).returncode == 0
+
+
+def test_backed_is_for_h5ad_only(tmp_path):
+    table = data_file("formats/celltypist_sample_cell_by_gene.csv.gz")
+    done = run_cli("annotate", str(table), "-m", "pbmc", "-o", str(tmp_path / "out.h5ad"), "--backed")
+    assert done.returncode == 2 and "h5ad files only" in done.stderr
+    assert not (tmp_path / "out.h5ad").exists()
+
+
+def test_streamed_overwrite_replaces_result_keys_and_table(tmp_path):
+    query = tmp_path / "q.h5ad"
+    small_query(query)
+    first, second, table_path = tmp_path / "first.h5ad", tmp_path / "second.h5ad", str(tmp_path / "t.csv")
+    assert run_cli("annotate", str(query), "-m", "pbmc", "-o", str(first), "--backed").returncode == 0
+    args = ("annotate", str(first), "-m", "pbmc", "-o", str(second), "--backed", "--table", table_path)
+    done = run_cli(*args)
+    assert done.returncode == 1 and "--overwrite" in done.stderr  # the keys exist already
+    done = run_cli(*args, "--overwrite")
+    assert done.returncode == 0, done.stderr
+    out = ad.read_h5ad(second)
+    table = pd.read_csv(table_path)
+    assert (table["barcode"].to_numpy() == out.obs_names.to_numpy()).all()
+    assert (table["label"].astype(str).to_numpy() == out.obs[f"{KEY}_predicted"].astype(str).to_numpy()).all()
