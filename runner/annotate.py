@@ -237,7 +237,7 @@ def _predict(query, info, genes, params, env_manager: str, batch_size: int):
     starts = range(0, query.n_obs, batch_size)
     for start in tqdm(starts, desc="annotate", unit="batch", disable=len(starts) < 2):
         counts = checked_counts(query.rows(start, start + batch_size), query.source, query.others)
-        aligned = (counts @ genes.alignment.matrix).tocsr()
+        aligned = genes.alignment.apply(counts)
         totals.append(row_sums(counts))
         in_model.append(row_sums(aligned))
         outputs.append(predict_batch(model, aligned, params) if model is not None else aligned)

@@ -92,9 +92,17 @@ def choose_manager(requested: str, spec: EnvSpec) -> str:
     """``local``, ``uv`` or ``virtualenv`` for ``requested`` (``auto``: local when the pins are met)."""
     if requested not in ENV_MANAGERS:
         raise UsageError(f"--env-manager {requested!r} is not one of {', '.join(ENV_MANAGERS)}")
-    if requested != "auto":
+    if requested not in ("auto", "local"):
         return requested
     mismatches = local_mismatches(spec)
+    if requested == "local":
+        if mismatches:
+            logger.warning(
+                "--env-manager local: this interpreter does not meet the model's pins (%s); results may differ "
+                "from the model's own environment",
+                "; ".join(mismatches[:5]),
+            )
+        return "local"
     if not mismatches:
         return "local"
     logger.info("the running interpreter does not match the model's pins: %s", "; ".join(mismatches[:5]))

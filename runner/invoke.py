@@ -60,7 +60,9 @@ def load_pyfunc(info: ModelInfo):
     import mlflow
 
     try:
-        return mlflow.pyfunc.load_model(str(info.path))
+        # the runner has checked the model's pins itself (runner.envs.choose_manager): MLflow's own check
+        # of the installed packages would take a second more
+        return mlflow.pyfunc.load_model(str(info.path), suppress_warnings=True)
     except (ImportError, OSError, mlflow.exceptions.MlflowException) as err:
         raise ModelError(f"cannot load model {info.name} from {info.path}: {err}") from err
 

@@ -311,7 +311,7 @@ def check_query(
         species_map=species_map,
         min_gene_overlap=min_gene_overlap,
     )
-    aligned = (counts.matrix @ genes.alignment.matrix).tocsr()
+    aligned = genes.alignment.apply(counts.matrix)
     cells = check_cells(row_sums(counts.matrix), row_sums(aligned), adata.obs_names)
     warnings = cells.warnings() + genes.warnings
     for line in warnings:
