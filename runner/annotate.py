@@ -149,61 +149,62 @@ def annotate(
         )
         alignment = genes.alignment
         params = run_params(alignment.present, info.genes, {"device": device} if device else None)
-        frame, cells, environment = _predict(query, info, genes, params, env_manager, batch_size)
-        provenance = {
-            "model": {
-                "name": info.name,
-                "version": str(info.metadata.get("version", "")),
-                "family": str(info.metadata.get("family", "")),
-                "reference": resolved.reference,
-                "url": resolved.url,
-                "sha256": resolved.sha256,
-                "registry_version": resolved.registry_version,
-                "tracking_uri": resolved.tracking_uri,
-                "uncertainty": str(info.metadata.get("uncertainty", "")),
-            },
-            "runner_version": __version__,
-            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "input": input_path.name,
-            "input_format": query.found.format,
-            "params": {
-                "env_manager": env_manager,
-                "environment": environment,
-                "device": device or "",
-                "batch_size": batch_size,
-                "unassigned_threshold": unassigned_threshold,
-                "min_gene_overlap": min_gene_overlap,
-                "counts": query.source,
-                "gene_names": alignment.source,
-                "species": genes.species.name,
-                "species_map": species_map,
-                "read_options": " ".join(read_options.cli_args()),
-                "streamed": query.streamed,
-            },
-            "cells": {
-                "empty": int(cells.empty.sum()),
-                "no_model_genes": int(cells.no_overlap.sum()),
-                "duplicate_barcodes": cells.n_duplicate_barcodes,
-            },
-            "gene_overlap": {
-                "model_genes": len(info.genes),
-                "present_before_mapping": alignment.n_before,
-                "present": alignment.n_present,
-                "fraction": round(alignment.fraction, 4),
-                "summed_duplicates": alignment.n_duplicates,
-            },
-        }
-        target = query.target()
-        make_barcodes_unique(target)  # before the results, so that every field is indexed by the unique names
-        write_results(
-            target,
-            frame,
-            result_keys,
-            unassigned_threshold=unassigned_threshold,
-            provenance=provenance,
-            no_signal=cells.no_signal,
-        )
-        query.write(target, output)
+        with query.output(output) as write_output:  # a streamed query's copy begins now
+            frame, cells, environment = _predict(query, info, genes, params, env_manager, batch_size)
+            provenance = {
+                "model": {
+                    "name": info.name,
+                    "version": str(info.metadata.get("version", "")),
+                    "family": str(info.metadata.get("family", "")),
+                    "reference": resolved.reference,
+                    "url": resolved.url,
+                    "sha256": resolved.sha256,
+                    "registry_version": resolved.registry_version,
+                    "tracking_uri": resolved.tracking_uri,
+                    "uncertainty": str(info.metadata.get("uncertainty", "")),
+                },
+                "runner_version": __version__,
+                "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "input": input_path.name,
+                "input_format": query.found.format,
+                "params": {
+                    "env_manager": env_manager,
+                    "environment": environment,
+                    "device": device or "",
+                    "batch_size": batch_size,
+                    "unassigned_threshold": unassigned_threshold,
+                    "min_gene_overlap": min_gene_overlap,
+                    "counts": query.source,
+                    "gene_names": alignment.source,
+                    "species": genes.species.name,
+                    "species_map": species_map,
+                    "read_options": " ".join(read_options.cli_args()),
+                    "streamed": query.streamed,
+                },
+                "cells": {
+                    "empty": int(cells.empty.sum()),
+                    "no_model_genes": int(cells.no_overlap.sum()),
+                    "duplicate_barcodes": cells.n_duplicate_barcodes,
+                },
+                "gene_overlap": {
+                    "model_genes": len(info.genes),
+                    "present_before_mapping": alignment.n_before,
+                    "present": alignment.n_present,
+                    "fraction": round(alignment.fraction, 4),
+                    "summed_duplicates": alignment.n_duplicates,
+                },
+            }
+            target = query.target()
+            make_barcodes_unique(target)  # before the results, so that every field is indexed by the unique names
+            write_results(
+                target,
+                frame,
+                result_keys,
+                unassigned_threshold=unassigned_threshold,
+                provenance=provenance,
+                no_signal=cells.no_signal,
+            )
+            write_output(target)
         if table is not None:
             write_table_atomic(target, result_keys, table)
         predicted = target.obs[result_keys.predicted]

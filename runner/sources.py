@@ -9,7 +9,9 @@ Both give the same results for the same cells (tests/test_streaming.py).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import scipy.sparse as sp
@@ -17,7 +19,7 @@ import scipy.sparse as sp
 from runner.errors import InputError, UsageError
 from runner.query import as_csr, candidates, counts_source
 from runner.readers import H5AD, READ_ERRORS, InputDescription, ReadOptions, detect_format, read_input
-from runner.write import write_h5ad_atomic, write_h5ad_streamed
+from runner.write import streamed_output, write_h5ad_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +55,10 @@ class MemoryQuery:
         """The AnnData the results are written into."""
         return self.adata
 
-    def write(self, target, output: Path) -> None:
-        write_h5ad_atomic(target, output)
+    @contextlib.contextmanager
+    def output(self, path: Path) -> Iterator[Callable]:
+        """Yields ``write(target)``: the AnnData with its results, written to ``path`` atomically."""
+        yield lambda target: write_h5ad_atomic(target, path)
 
     def close(self) -> None:
         pass
@@ -64,7 +68,7 @@ class StreamedH5ad:
     """An h5ad whose counts are read from disk a block of cells at a time (CSR or dense, by row).
 
     Only ``obs`` and the counts' ``var`` are read whole. The output is a copy of the input file with
-    the results written into its ``obs``, ``obsm`` and ``uns`` (:func:`runner.write.write_h5ad_streamed`).
+    the results written into its ``obs``, ``obsm`` and ``uns`` (:func:`runner.write.streamed_output`).
     """
 
     streamed = True
@@ -114,8 +118,9 @@ class StreamedH5ad:
 
         return ad.AnnData(obs=self.obs)
 
-    def write(self, target, output: Path) -> None:
-        write_h5ad_streamed(self.path, target, output)
+    def output(self, path: Path):
+        """:func:`runner.write.streamed_output`: the copy of the input begins now, in the background."""
+        return streamed_output(self.path, path)
 
     def close(self) -> None:
         self.file.close()

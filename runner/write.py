@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -127,18 +130,24 @@ def write_h5ad_atomic(adata, path: Path) -> None:
         adata.write_h5ad(tmp, compression="gzip")
 
 
-def write_h5ad_streamed(input_path: Path, results, path: Path) -> None:
-    """The output of a streamed query: a copy of the input file, its ``obs`` replaced by ``results.obs`` and
-    every entry of ``results.obsm`` and ``results.uns`` written into it; the matrix is copied byte for byte,
-    never read. Written to a temporary file beside ``path`` and renamed into place."""
-    import shutil
+@contextlib.contextmanager
+def streamed_output(input_path: Path, path: Path) -> Iterator[Callable]:
+    """The output of a streamed query, begun at once: the input file is copied byte for byte (the matrix
+    is never decoded) to a temporary file beside ``path`` by a background thread while the cells are
+    annotated. Yields ``write(results)``, which waits for the copy and replaces its ``obs`` with
+    ``results.obs`` and writes every entry of ``results.obsm`` and ``results.uns`` into it. The file is
+    renamed into place when the block succeeds, removed otherwise."""
+    with _atomic_path(path) as tmp, ThreadPoolExecutor(max_workers=1) as pool:
+        copied = pool.submit(shutil.copyfile, input_path, tmp)
+        yield lambda results: _write_into(copied.result(), results)
+        copied.result()
 
+
+def _write_into(path: Path, results) -> None:
     import h5py
     from anndata.io import write_elem
 
-    with _atomic_path(path) as tmp, contextlib.ExitStack() as stack:
-        shutil.copyfile(input_path, tmp)
-        f = stack.enter_context(h5py.File(tmp, "r+"))
+    with h5py.File(path, "r+") as f:
         del f["obs"]
         write_elem(f, "obs", results.obs)
         for group, entries in (("obsm", results.obsm), ("uns", results.uns)):
