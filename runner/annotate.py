@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -235,11 +237,10 @@ def _predict(query, info, genes, params, env_manager: str, batch_size: int):
     environment: dict = {"manager": manager}
     model = load_pyfunc(info) if manager == "local" else None
     outputs, totals, in_model = [], [], []
-    starts = range(0, query.n_obs, batch_size)
-    for start in tqdm(starts, desc="annotate", unit="batch", disable=len(starts) < 2):
-        counts = checked_counts(query.rows(start, start + batch_size), query.source, query.others)
-        aligned = genes.alignment.apply(counts)
-        totals.append(row_sums(counts))
+    n_blocks = -(-query.n_obs // batch_size)
+    blocks = _aligned_blocks(query, genes.alignment, batch_size)
+    for total, aligned in tqdm(blocks, total=n_blocks, desc="annotate", unit="batch", disable=n_blocks < 2):
+        totals.append(total)
         in_model.append(row_sums(aligned))
         outputs.append(predict_batch(model, aligned, params) if model is not None else aligned)
     cells = check_cells(np.concatenate(totals), np.concatenate(in_model), query.obs_names)
@@ -250,6 +251,23 @@ def _predict(query, info, genes, params, env_manager: str, batch_size: int):
     python, record = ensure_env(spec, manager)
     environment |= {"key": record["key"], "reused": record["reused"], "build_seconds": record["seconds"]}
     return predict_in_env(python, info, sp.vstack(outputs, format="csr"), params, batch_size), cells, environment
+
+
+def _aligned_blocks(query, alignment, batch_size: int) -> Iterator[tuple[np.ndarray, sp.csr_matrix]]:
+    """Each block of cells read, checked for counts and aligned to the model's genes: (each cell's total
+    count, the aligned counts). The next block is prepared in a second thread while the model runs."""
+
+    def prepare(start: int) -> tuple[np.ndarray, sp.csr_matrix]:
+        counts = checked_counts(query.rows(start, start + batch_size), query.source, query.others)
+        return row_sums(counts), alignment.apply(counts)
+
+    starts = range(0, query.n_obs, batch_size)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(prepare, starts[0]) if starts else None
+        for following in [*starts[1:], None]:
+            block = pending.result()
+            pending = pool.submit(prepare, following) if following is not None else None
+            yield block
 
 
 def _describe(environment: dict) -> str:

@@ -87,7 +87,10 @@ class PcaSpace(Protocol):
 def log_normalise(counts: sp.csr_matrix, library_size: np.ndarray) -> sp.csr_matrix:
     """log1p(counts / library_size * 1e4), cell by cell; cells with no counts stay all zero."""
     scale = TARGET_SUM / np.maximum(np.asarray(library_size, dtype=np.float64), 1.0)
-    return (sp.diags(scale) @ sp.csr_matrix(counts, dtype=np.float64)).log1p().tocsr()
+    out = sp.csr_matrix(counts, dtype=np.float64, copy=True)
+    out.data *= np.repeat(scale, np.diff(out.indptr))
+    np.log1p(out.data, out=out.data)
+    return out
 
 
 def fit_logistic(x: sp.csr_matrix, y: np.ndarray, *, c: float, seed: int) -> LogisticRegression:
@@ -139,7 +142,8 @@ def estimate_library_size(counts: sp.csr_matrix, present: np.ndarray, count_shar
     so its total over them is scaled up by that share.
     """
     share = float(count_share[present].sum())
-    return np.asarray(counts[:, present].sum(axis=1)).ravel() / max(share, 1e-12)
+    had = counts if present.all() else counts[:, present]
+    return np.asarray(had.sum(axis=1)).ravel() / max(share, 1e-12)
 
 
 def project(log_expr: np.ndarray, present: np.ndarray, weights: PcaSpace) -> np.ndarray:
@@ -148,9 +152,10 @@ def project(log_expr: np.ndarray, present: np.ndarray, weights: PcaSpace) -> np.
     With every gene present and ``ridge`` small this is the usual PCA projection.
     """
     w = weights.pca_components[present]
-    centred = log_expr[:, present] - weights.pca_mean[present]
     gram = w.T @ w + weights.ridge * np.eye(w.shape[1])
-    return np.linalg.solve(gram, w.T @ centred.T).T
+    had = log_expr if present.all() else log_expr[:, present]
+    # (x - mean) @ w without the centred copy of x: one product of the expression with the loadings
+    return np.linalg.solve(gram, (had @ w - weights.pca_mean[present] @ w).T).T
 
 
 def impute_missing(log_expr: np.ndarray, latent: np.ndarray, present: np.ndarray, weights: PcaSpace):
