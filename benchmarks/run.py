@@ -1,0 +1,65 @@
+"""Reproduce docs/benchmarks.md: the accuracy benchmark against the peers, then the scale benchmark.
+
+    python benchmarks/run.py                      # everything (about an hour on 2 cores; see the document)
+    python benchmarks/run.py --only accuracy      # one part; the other part's last fragment is kept
+    python benchmarks/run.py --quick              # small settings, for development (writes to /tmp)
+
+Each part writes its fragment and plots to ``docs/benchmarks/`` (``accuracy.md``, ``scale.md``) and
+this script joins the fragments into ``docs/benchmarks.md``. Options after ``--`` go to the parts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if not __package__:  # run as a script (python benchmarks/run.py): make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import accuracy, scale
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+PARTS = {"accuracy": accuracy.main, "scale": scale.main}
+HEADER = """# Benchmarks
+
+Reproduce every table here with `python benchmarks/run.py` from the repository root (after the README's
+install; CellTypist is a benchmark-only extra: `pip install celltypist==1.7.1`). Each part names its
+machine, versions and settings. Plots are in `docs/benchmarks/`.
+
+- [Accuracy against the peers](#accuracy-against-the-peers): {accuracy}
+- [Scale and speed](#scale-and-speed): {scale}
+"""
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=sorted(PARTS), action="append", help="Run only this part (repeatable).")
+    parser.add_argument("--quick", action="store_true", help="Small settings; writes to /tmp/cellzoo-bench-docs.")
+    parser.add_argument("rest", nargs="*", help="Options after -- are passed to each part.")
+    args = parser.parse_args(argv)
+    docs = Path("/tmp/cellzoo-bench-docs") if args.quick else DOCS
+    fragments = docs / "benchmarks"
+    for name in args.only or sorted(PARTS):
+        extra = ["--quick"] if args.quick else []
+        PARTS[name]([*extra, "--docs-dir", str(fragments), *args.rest])
+    status = {name: "see below" if (fragments / f"{name}.md").exists() else "not run yet" for name in PARTS}
+    document = HEADER.format(**status) + "".join("\n" + section(fragments, name) for name in PARTS)
+    out = docs / "benchmarks.md"
+    out.write_text(document)
+    print(f"wrote {out}")
+    return out
+
+
+def section(fragments: Path, name: str) -> str:
+    """A part's fragment as a section of the document: headings one level down, plot links from docs/."""
+    fragment = fragments / f"{name}.md"
+    if not fragment.exists():
+        return f"## {name}\n\nNot run yet: `python benchmarks/run.py --only {name}`.\n"
+    lines = [f"#{line}" if line.startswith("#") else line for line in fragment.read_text().splitlines()]
+    return "\n".join(lines).replace(f"]({name}_", f"]({fragments.name}/{name}_") + "\n"
+
+
+if __name__ == "__main__":
+    main()
