@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import anndata as ad
@@ -81,6 +82,9 @@ def test_streamed_small_file_in_blocks_equals_in_memory(tmp_path):
     assert_same_results(streamed, in_memory)
     out = ad.read_h5ad(streamed)
     assert list(out.obs.columns[:2]) == ["Cluster", "Annotation"]  # the input's obs is kept, results added
+    # outputs get the permissions of any new file (not the private mode of a temporary file)
+    mode = stat.S_IMODE(query.stat().st_mode)
+    assert stat.S_IMODE(streamed.stat().st_mode) == stat.S_IMODE(in_memory.stat().st_mode) == mode
 
 
 def test_streamed_failure_midway_writes_nothing(tmp_path):
