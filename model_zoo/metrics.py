@@ -35,6 +35,16 @@ def ontology_accuracy(predicted: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([ontology_match(str(p), str(t)) for p, t in zip(predicted, truth, strict=True)]))
 
 
+def ontology_macro_f1(predicted: np.ndarray, truth: np.ndarray) -> float:
+    """Macro-F1 over the truth's terms: a prediction right at the ontology level (:func:`ontology_match`)
+    counts as the truth's term, a wrong one as its own term ('' for none)."""
+    truth = np.asarray(truth, dtype=str)
+    credited = np.array(
+        [t if ontology_match(str(p), t) else str(p) for p, t in zip(predicted, truth, strict=True)], dtype=str
+    )
+    return float(f1_score(truth, credited, labels=np.unique(truth), average="macro", zero_division=0))
+
+
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 10) -> float:
     """ECE of a reported confidence (max probability) against correctness, equal-width bins."""
     confidence = np.asarray(confidence, dtype=float)

@@ -1,0 +1,753 @@
+"""Accuracy benchmark (issue 6): cellzoo's model families beside CellTypist, scanpy ingest and the scArches
+scANVI recipe, all trained on the same reference cells and scored on other studies and technologies.
+
+    PYTHONPATH=. python benchmarks/accuracy.py [--quick] [--out docs/benchmarks] [--data ../shared/data]
+
+Prints the tables and writes ``OUT/accuracy.md`` (a Markdown fragment) and ``OUT/accuracy_*.png``;
+``main(argv)`` also returns the Markdown (for ``benchmarks/run.py``). ``--quick`` runs the lung cell
+lines only (a few minutes). Every setting and scoring rule is stated in the fragment itself.
+
+cellzoo models are built with ``model_zoo.build.build`` (the code of ``cellzoo build``) from the zoo
+recipes, the family and the held-out class changed in a copy of the recipe, and annotate through
+``runner.annotate.annotate`` (the code of ``annotate``), so what is scored is what users get.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import importlib.util
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import yaml
+
+from model_zoo import build
+from model_zoo.metrics import expected_calibration_error, ontology_macro_f1, ontology_match
+from runner.annotate import annotate
+from runner.errors import CellzooError
+from runner.genes import align_genes
+from runner.keys import UNASSIGNED, ResultKeys
+
+logger = logging.getLogger("benchmarks.accuracy")
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+DEFAULT_OUT = ROOT / "docs" / "benchmarks"
+THRESHOLD = 0.5  # uncertainty above which a cell is flagged: the runner's default, CellTypist's p_thres
+SEED = 0
+KEY = "zoo"  # --key-added of the cellzoo runs
+N_BINS = 10  # of the ECE and the reliability plot
+COLLAPSED = 0.9  # a method that gives this share of a query's cells one label is pointed out in the fragment
+# feature selection as the linear family. use_SGD: celltypist 1.7.1's default LogisticRegression passes
+# multi_class='ovr', which the installed scikit-learn no longer accepts; its SGD logistic regression (also
+# one-vs-rest) works
+CELLTYPIST = {"feature_selection": True, "top_genes": 300, "use_SGD": True, "random_state": SEED}
+INGEST = {"n_hvg": 2000, "n_pcs": 50, "n_neighbors": 15}
+SCARCHES_MODEL = {  # the scArches scANVI recipe (scArches / scvi-tools "scArches" tutorial)
+    "n_layers": 2,
+    "n_latent": 30,
+    "encode_covariates": True,
+    "deeply_inject_covariates": False,
+    "use_layer_norm": "both",
+    "use_batch_norm": "none",
+}
+SCARCHES_TRAIN = {
+    "n_hvg": 2000,  # seurat_v3 on the reference's raw counts
+    # the tutorial keeps scvi-tools' default, 400 epochs at these sizes: 0.4-0.8 s per epoch on PBMC here (2
+    # shared cores), 3-5 min per reference; capped at the budget of cellzoo's scanvi family (100) to keep the
+    # whole run under 30 min
+    "scvi_epochs": 100,
+    "scanvi_epochs": 20,
+    "n_samples_per_label": 100,
+    "query_epochs": 100,
+    "check_val_every_n_epoch": 10,
+}
+
+
+@dataclass(frozen=True)
+class Query:
+    name: str
+    file: str  # relative to the data folder
+    label_column: str
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    references: tuple[str, ...]  # files relative to the data folder
+    recipes: dict[str, str]  # cellzoo family -> the zoo recipe it is built from
+    held_out: str  # reference label left out of training in the out-of-distribution run
+    queries: tuple[Query, ...]
+
+
+PBMC = Task(
+    "PBMC, cross-study",
+    ("pbmc/soupx_pbmc4k.h5ad",),
+    {"linear": "pbmc", "xgboost": "pbmc", "scanvi": "pbmc-scanvi"},
+    "B",
+    (
+        Query("Kang 2018", "pbmc/kang2018_pbmc.h5ad", "cluster_id"),
+        Query("OneK1K", "pbmc/onek1k_pbmc.h5ad", "cell_type"),
+    ),
+)
+LUNG = Task(
+    "lung cell lines, cross-technology",
+    ("lung_cell_lines/cellbench_celseq2_5cl_p1.h5ad", "lung_cell_lines/cellbench_celseq2_5cl_p2.h5ad"),
+    dict.fromkeys(("linear", "xgboost", "scanvi"), "lung-cell-lines"),
+    "H2228",
+    (
+        Query("CellBench Drop-seq", "lung_cell_lines/cellbench_dropseq_3cl.h5ad", "cell_line"),
+        Query("CellBench CEL-seq2 3 lines", "lung_cell_lines/cellbench_celseq2_3cl.h5ad", "cell_line"),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The training cells of one run (all reference classes, or all but ``held_out``)."""
+
+    task: Task
+    paths: list[Path]
+    cells: build.Labelled  # raw counts, genes, labels
+    batch: np.ndarray | None  # one per cell when the reference has several files
+    terms: dict[str, str]  # label -> ontology id (Cell Ontology, or Cellosaurus for cell lines)
+    gene_id_type: str
+    held_out: str | None
+
+
+@dataclass(frozen=True)
+class QueryData:
+    query: Query
+    path: Path
+    truth: np.ndarray  # ontology id per cell
+    counts: ad.AnnData  # raw counts on the reference genes the query has, gene ids mapped as `annotate` maps them
+
+
+@dataclass(frozen=True)
+class Predictions:
+    label: np.ndarray  # the reported label per cell: a reference label or 'Unassigned'
+    top_label: np.ndarray  # the most probable label: what the reported confidence is about
+    uncertainty: np.ndarray | None  # 1 - the reported confidence; None when the method reports none
+    genes: str  # the method's genes found in the query, "present/used"
+
+
+Annotator = Callable[[QueryData, Path], dict[str, Predictions]]  # a query -> predictions by table row
+
+
+def load_reference(task: Task, data: Path, held_out: str | None = None) -> Reference:
+    """The reference cells as the task's `linear` recipe reads them, without ``held_out``'s cells."""
+    recipe, _ = build.load_recipe(task.recipes["linear"])
+    spec = recipe["reference"]
+    keep = set(recipe["labels"]) - set(spec.get("drop_labels", [])) - {held_out}
+    paths = [data / file for file in task.references]
+    cells, batch = build.read_reference(paths, spec, keep)
+    terms = {label: entry["ontology_term_id"] for label, entry in recipe["labels"].items()}
+    return Reference(task, paths, cells, batch, terms, spec.get("gene_id_type", "symbol"), held_out)
+
+
+def truth_terms(data: Path, file: str, labels) -> np.ndarray:
+    """Ontology ids of a query's labels, from ``labels_to_ontology.csv`` (rows for ``folder/*`` too)."""
+    with open(data / "labels_to_ontology.csv") as fh:
+        table = {(r["dataset"], r["label"]): r["ontology_term_id"] for r in csv.DictReader(fh)}
+    folder = file.split("/")[0] + "/*"
+    return np.array([table.get((file, str(label))) or table[(folder, str(label))] for label in labels])
+
+
+def load_query(query: Query, data: Path, reference: Reference) -> QueryData:
+    """The query's truth and, for the peers, its raw counts on the reference's genes (runner's gene mapping)."""
+    adata = ad.read_h5ad(data / query.file)
+    genes = reference.cells.genes
+    alignment = align_genes(adata.var, genes, model_id_type=reference.gene_id_type, species="human")
+    counts = sp.csr_matrix(sp.csr_matrix(adata.X, dtype=np.float32) @ alignment.matrix)[:, alignment.present]
+    var = pd.DataFrame(index=genes[alignment.present])
+    aligned = ad.AnnData(counts, obs=pd.DataFrame(index=adata.obs_names), var=var)
+    return QueryData(query, data / query.file, truth_terms(data, query.file, adata.obs[query.label_column]), aligned)
+
+
+def log_cp10k(counts, genes) -> ad.AnnData:
+    """log1p of counts per 10,000 per cell (over the genes given): the input of CellTypist and ingest."""
+    import scanpy as sc
+
+    adata = ad.AnnData(sp.csr_matrix(counts, dtype=np.float32), var=pd.DataFrame(index=np.asarray(genes, dtype=str)))
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    return adata
+
+
+# ---- the methods: each trains on a Reference and returns an Annotator ----
+
+
+def train_cellzoo(reference: Reference, work: Path, *, family: str) -> Annotator:
+    """Build ``family`` from the task's zoo recipe (its label table and parameters; the held-out class added
+    to ``drop_labels``) with ``model_zoo.build``, and annotate with ``runner.annotate.annotate``."""
+    recipe, _ = build.load_recipe(reference.task.recipes[family])
+    recipe["family"] = family
+    recipe["name"] = f"{recipe['name']}-{family}" + (f"-without-{reference.held_out}" if reference.held_out else "")
+    dropped = [*recipe["reference"].get("drop_labels", []), *([reference.held_out] if reference.held_out else [])]
+    recipe["reference"]["drop_labels"] = dropped
+    recipe.pop("evaluation", None)  # scored here, not by build
+    recipe_path = work / f"{recipe['name']}.yaml"
+    recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    model_dir = build.build(str(recipe_path), reference.paths, work, timing_cells=0)
+    keys = ResultKeys(KEY)
+
+    def annotate_query(query: QueryData, tmp: Path) -> dict[str, Predictions]:
+        out = tmp / "annotated.h5ad"
+        annotate(query.path, str(model_dir), output=out, key_added=KEY, overwrite=True, env_manager="local")
+        result = ad.read_h5ad(out)
+        out.unlink()
+        probabilities = result.obsm[keys.probabilities]
+        top = probabilities.columns.to_numpy()[probabilities.to_numpy().argmax(axis=1)]
+        label = result.obs[keys.predicted].astype(str).to_numpy()
+        overlap = result.uns[KEY]["gene_overlap"]
+        genes = f"{overlap['present']}/{overlap['model_genes']}"
+        return {f"cellzoo {family}": Predictions(label, top, result.obs[keys.uncertainty].to_numpy(dtype=float), genes)}
+
+    return annotate_query
+
+
+def train_celltypist(reference: Reference, work: Path) -> Annotator:
+    """``celltypist.train`` on log1p CP10k of the reference (``CELLTYPIST`` settings); one ``annotate`` call
+    with ``majority_voting=True`` gives both rows (its ``predicted_labels`` are the call without voting)."""
+    import celltypist
+
+    detected = np.asarray(reference.cells.counts.sum(axis=0)).ravel() > 0  # CellTypist drops the others itself
+    adata = log_cp10k(reference.cells.counts[:, detected], reference.cells.genes[detected])
+    model = celltypist.train(adata, labels=reference.cells.labels, **CELLTYPIST)
+
+    def annotate_query(query: QueryData, tmp: Path) -> dict[str, Predictions]:
+        normalised = log_cp10k(query.counts.X, query.counts.var_names)
+        result = celltypist.annotate(normalised, model=model, majority_voting=True)
+        genes = f"{np.isin(model.features, normalised.var_names).sum()}/{len(model.features)}"
+        rows = {"CellTypist": "predicted_labels", "CellTypist + majority voting": "majority_voting"}
+        predictions = {}
+        for row, column in rows.items():  # CellTypist's conf_score: the probability of the label in `column`
+            obs = result.to_adata(insert_conf_by=column).obs
+            label = obs[column].astype(str).to_numpy()
+            predictions[row] = Predictions(label, label, 1.0 - obs["conf_score"].to_numpy(dtype=float), genes)
+        return predictions
+
+    return annotate_query
+
+
+def train_ingest(reference: Reference, work: Path) -> Annotator:
+    """scanpy's ``ingest`` as its tutorial does it: the reference (log1p CP10k) restricted to the genes it
+    shares with the query, HVGs, PCA and neighbours; each query's labels from the reference's kNN graph."""
+    import scanpy as sc
+
+    full = log_cp10k(reference.cells.counts, reference.cells.genes)
+    full.obs["label"] = reference.cells.labels
+
+    def annotate_query(query: QueryData, tmp: Path) -> dict[str, Predictions]:
+        shared = full[:, query.counts.var_names].copy()  # the query's genes are reference genes by construction
+        if shared.n_vars > INGEST["n_hvg"]:
+            sc.pp.highly_variable_genes(shared, n_top_genes=INGEST["n_hvg"], subset=True)
+        sc.pp.pca(shared, n_comps=INGEST["n_pcs"], random_state=SEED)
+        sc.pp.neighbors(shared, n_neighbors=INGEST["n_neighbors"], random_state=SEED)
+        target = log_cp10k(query.counts.X, query.counts.var_names)[:, shared.var_names].copy()
+        sc.tl.ingest(target, shared, obs="label", embedding_method="pca")
+        label = target.obs["label"].astype(str).to_numpy()
+        return {"scanpy ingest": Predictions(label, label, None, f"{shared.n_vars}/{shared.n_vars}")}
+
+    return annotate_query
+
+
+def train_scarches(reference: Reference, work: Path) -> Annotator:
+    """The scArches scANVI recipe: SCVI on the reference's HVGs (raw counts), SCANVI from it; each query by
+    ``prepare_query_anndata`` (missing genes as zeros), ``load_query_data`` and training; ``predict(soft=True)``."""
+    import scanpy as sc
+    import scvi
+
+    scvi.settings.seed = SEED
+    cells = reference.cells
+    batch = reference.batch if reference.batch is not None else np.full(len(cells.labels), "reference")
+    obs = pd.DataFrame({"batch": batch, "label": cells.labels}, index=[f"ref{i}" for i in range(len(cells.labels))])
+    adata = ad.AnnData(sp.csr_matrix(cells.counts, dtype=np.float32), obs=obs, var=pd.DataFrame(index=cells.genes))
+    several = len(np.unique(batch)) > 1
+    sc.pp.highly_variable_genes(
+        adata,
+        n_top_genes=SCARCHES_TRAIN["n_hvg"],
+        flavor="seurat_v3",
+        batch_key="batch" if several else None,
+        subset=True,
+    )
+    scvi.model.SCVI.setup_anndata(adata, batch_key="batch", labels_key="label")
+    vae = scvi.model.SCVI(adata, **SCARCHES_MODEL)
+    vae.train(max_epochs=SCARCHES_TRAIN["scvi_epochs"], enable_progress_bar=False)
+    model = scvi.model.SCANVI.from_scvi_model(vae, unlabeled_category="Unknown")
+    model.train(
+        max_epochs=SCARCHES_TRAIN["scanvi_epochs"],
+        n_samples_per_label=SCARCHES_TRAIN["n_samples_per_label"],
+        enable_progress_bar=False,
+    )
+    hvgs = adata.var_names
+    model_dir = work / "scarches_reference"
+    model.save(str(model_dir), overwrite=True)
+
+    def annotate_query(query: QueryData, tmp: Path) -> dict[str, Predictions]:
+        obs = pd.DataFrame({"batch": query.query.name, "label": "Unknown"}, index=query.counts.obs_names)
+        target = ad.AnnData(query.counts.X.copy(), obs=obs, var=query.counts.var.copy())
+        scvi.model.SCANVI.prepare_query_anndata(target, str(model_dir))
+        mapped = scvi.model.SCANVI.load_query_data(target, str(model_dir))
+        mapped.train(
+            max_epochs=SCARCHES_TRAIN["query_epochs"],
+            plan_kwargs={"weight_decay": 0.0},
+            check_val_every_n_epoch=SCARCHES_TRAIN["check_val_every_n_epoch"],
+            enable_progress_bar=False,
+        )
+        soft = mapped.predict(soft=True)
+        top = soft.columns.to_numpy()[soft.to_numpy().argmax(axis=1)].astype(str)
+        genes = f"{hvgs.isin(query.counts.var_names).sum()}/{len(hvgs)}"
+        return {"scArches scANVI": Predictions(top, top, 1.0 - soft.to_numpy().max(axis=1), genes)}
+
+    return annotate_query
+
+
+@dataclass(frozen=True)
+class Method:
+    key: str
+    rows: tuple[str, ...]  # the table rows it produces
+    train: Callable[[Reference, Path], Annotator]
+    cellzoo: bool
+    requires: str | None = None  # a package it needs that is not a cellzoo dependency
+
+
+METHODS = (
+    *(Method(f, (f"cellzoo {f}",), partial(train_cellzoo, family=f), True) for f in ("linear", "xgboost", "scanvi")),
+    Method("celltypist", ("CellTypist", "CellTypist + majority voting"), train_celltypist, False, "celltypist"),
+    Method("ingest", ("scanpy ingest",), train_ingest, False),
+    Method("scarches", ("scArches scANVI",), train_scarches, False),
+)
+
+
+# ---- scoring ----
+
+
+def score(predictions: Predictions, truth: np.ndarray, terms: dict[str, str]) -> dict:
+    """Accuracy (Unassigned = wrong), on assigned cells, exact, macro-F1, ECE and the Unassigned rate.
+
+    Exact accuracy (the predicted label's ontology id equals the truth's) is given only when every truth
+    term is one of the reference's terms; otherwise (None) the label sets are not comparable.
+    """
+    term = np.array([terms.get(label, "") for label in predictions.label])
+    correct = np.array([ontology_match(p, t) for p, t in zip(term, truth, strict=True)])
+    assigned = predictions.label != UNASSIGNED
+    comparable = set(truth) <= set(terms.values())
+    labels, counts = np.unique(predictions.label, return_counts=True)
+    scores = {
+        "genes": predictions.genes,
+        "commonest": (str(labels[counts.argmax()]), float(counts.max() / counts.sum())),
+        "accuracy": float(correct.mean()),
+        "accuracy_assigned": float(correct[assigned].mean()) if assigned.any() else None,
+        "exact": float(np.mean(term == truth)) if comparable else None,
+        "macro_f1": ontology_macro_f1(term, truth),
+        "ece": None,
+        "unassigned": float(1 - assigned.mean()),
+    }
+    if predictions.uncertainty is not None:
+        top_term = [terms[label] for label in predictions.top_label]
+        top_correct = np.array([ontology_match(p, t) for p, t in zip(top_term, truth, strict=True)])
+        scores["ece"] = expected_calibration_error(1.0 - predictions.uncertainty, top_correct, N_BINS)
+        scores["reliability"] = (1.0 - predictions.uncertainty, top_correct)
+    return scores
+
+
+def flagged(predictions: Predictions) -> np.ndarray:
+    """Cells a user is told not to trust: 'Unassigned', or uncertainty above the threshold."""
+    return (predictions.label == UNASSIGNED) | (predictions.uncertainty > THRESHOLD)
+
+
+def score_ood(predictions: Predictions, truth: np.ndarray, held_out_term: str) -> dict:
+    """For the cells of the class left out of training: the share flagged, the share of the other cells
+    flagged, and the AUROC of the uncertainty separating them (None when the method reports none)."""
+    from sklearn.metrics import roc_auc_score
+
+    held = np.array([ontology_match(held_out_term, t) for t in truth])
+    scores = {"n_held_out": int(held.sum()), "flagged_held_out": None, "flagged_others": None, "auroc": None}
+    if predictions.uncertainty is None:
+        return scores
+    flags = flagged(predictions)
+    return scores | {
+        "flagged_held_out": float(flags[held].mean()),
+        "flagged_others": float(flags[~held].mean()),
+        "auroc": float(roc_auc_score(held, predictions.uncertainty)),
+    }
+
+
+@dataclass
+class Results:
+    scores: list[dict]  # one per (query, method row): task, query, method, cellzoo, the scores, seconds
+    ood: list[dict]  # one per (query, method row) of the held-out runs
+    skipped: list[str]  # methods not run, and why
+
+
+def run(tasks: list[Task], methods: tuple[Method, ...], data: Path, work: Path) -> Results:
+    """Train every method on each task's reference, and again without its held-out class; annotate and score."""
+    results = Results([], [], [])
+    for method in methods:
+        if method.requires and importlib.util.find_spec(method.requires) is None:
+            results.skipped.append(f"{', '.join(method.rows)}: `{method.requires}` is not installed")
+    available = [m for m in methods if not (m.requires and importlib.util.find_spec(m.requires) is None)]
+    for task in tasks:
+        queries = None
+        for held_out in (None, task.held_out):
+            reference = load_reference(task, data, held_out)
+            queries = queries or [load_query(q, data, reference) for q in task.queries]
+            for method in available:
+                folder = work / f"{task.references[0].split('/')[0]}-{method.key}-{held_out or 'all'}"
+                folder.mkdir(parents=True)
+                start = time.perf_counter()
+                annotator = method.train(reference, folder)
+                train_seconds = time.perf_counter() - start
+                logger.info(
+                    "%s, %s (without %s): trained in %.0f s",
+                    task.name,
+                    method.key,
+                    held_out or "nothing",
+                    train_seconds,
+                )
+                for query in queries:
+                    start = time.perf_counter()
+                    try:
+                        predictions = annotator(query, folder)
+                    except CellzooError as err:  # `annotate` refused the query: what a user would get
+                        trained_on = f"without {held_out}" if held_out else "all classes"
+                        results.skipped.append(
+                            f"{method.key} ({trained_on}) on {query.query.name}: {str(err).rstrip('.')}"
+                        )
+                        continue
+                    seconds = time.perf_counter() - start
+                    for row, prediction in predictions.items():
+                        record = {"query": query.query.name, "method": row, "cellzoo": method.cellzoo}
+                        if held_out is None:
+                            scores = score(prediction, query.truth, reference.terms)
+                            results.scores.append(record | scores | {"train_s": train_seconds, "annotate_s": seconds})
+                        else:
+                            ood = score_ood(prediction, query.truth, reference.terms[held_out])
+                            results.ood.append(record | {"held_out": held_out} | ood)
+    order = [q.name for task in tasks for q in task.queries]
+    for rows in (results.scores, results.ood):
+        rows.sort(key=lambda r: order.index(r["query"]))  # stable: methods stay in their order per query
+    return results
+
+
+# ---- the report ----
+
+
+def fmt(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)])
+
+
+def accuracy_table(results: Results) -> str:
+    header = ["query", "method", "ontology acc.", "acc. on assigned", "exact acc.", "macro-F1", "ECE", "Unassigned"]
+    header += ["genes in query", "train s", "annotate s"]
+    rows = [
+        [
+            r["query"],
+            r["method"],
+            *(fmt(r[k]) for k in ("accuracy", "accuracy_assigned", "exact", "macro_f1", "ece", "unassigned")),
+            r["genes"],
+            f"{r['train_s']:.0f}",
+            f"{r['annotate_s']:.0f}",
+        ]
+        for r in results.scores
+    ]
+    return markdown_table(header, rows)
+
+
+def ood_table(results: Results) -> str:
+    header = ["query", "held out", "held-out cells", "method", "held-out flagged", "others flagged", "AUROC"]
+    rows = [
+        [
+            r["query"],
+            r["held_out"],
+            str(r["n_held_out"]),
+            r["method"],
+            *(fmt(r[k]) for k in ("flagged_held_out", "flagged_others", "auroc")),
+        ]
+        for r in results.ood
+    ]
+    return markdown_table(header, rows)
+
+
+def goals(results: Results) -> tuple[str, list[str]]:
+    """Per query: the best method, cellzoo's best family against the best peer (accuracy) and against
+    every peer that reports a confidence (ECE). Returns the table and one sentence per query."""
+    rows, sentences = [], []
+    for query in dict.fromkeys(r["query"] for r in results.scores):
+        mine = [r for r in results.scores if r["query"] == query]
+        zoo = max((r for r in mine if r["cellzoo"]), key=lambda r: r["accuracy"], default=None)
+        peers = [r for r in mine if not r["cellzoo"]]
+        if zoo is None or not peers:
+            continue
+        best = max(mine, key=lambda r: r["accuracy"])
+        best_peer = max(peers, key=lambda r: r["accuracy"])
+        calibrated = min((r for r in peers if r["ece"] is not None), key=lambda r: r["ece"], default=None)
+        accurate = zoo["accuracy"] >= best_peer["accuracy"]
+        better_calibrated = None if calibrated is None else zoo["ece"] is not None and zoo["ece"] < calibrated["ece"]
+        rows.append(
+            [
+                query,
+                f"{best['method']} ({fmt(best['accuracy'])})",
+                f"{zoo['method']} ({fmt(zoo['accuracy'])})",
+                f"{best_peer['method']} ({fmt(best_peer['accuracy'])})",
+                "met" if accurate else "**not met**",
+                fmt(zoo["ece"]),
+                f"{calibrated['method']} ({fmt(calibrated['ece'])})" if calibrated else "n/a",
+                {None: "n/a", True: "met", False: "**not met**"}[better_calibrated],
+            ]
+        )
+        sentences.append(
+            f"- {query}: the most accurate method is {best['method']} ({fmt(best['accuracy'])}). "
+            f"cellzoo's best family, {zoo['method']} ({fmt(zoo['accuracy'])}), is "
+            f"{'at or above' if accurate else 'below'} the best peer, "
+            f"{best_peer['method']} ({fmt(best_peer['accuracy'])}); its ECE {fmt(zoo['ece'])} is "
+            + (
+                f"{'below' if better_calibrated else 'not below'} the best-calibrated peer's, "
+                f"{calibrated['method']} ({fmt(calibrated['ece'])})."
+                if calibrated
+                else "not compared (no peer reports a confidence)."
+            )
+        )
+    header = ["query", "best method", "best cellzoo family", "best peer", "accuracy goal"]
+    header += ["its ECE", "best-calibrated peer (ECE)", "calibration goal"]
+    return markdown_table(header, rows), sentences
+
+
+def plot(results: Results, out: Path) -> list[str]:
+    """Bar chart of accuracy, reliability diagrams, and OOD AUROC / flagged share; the file names written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frame = pd.DataFrame(results.scores)
+    queries = list(dict.fromkeys(frame["query"]))
+    methods = list(dict.fromkeys(frame["method"]))
+    names = ["accuracy_by_method.png", "accuracy_reliability.png", "accuracy_ood.png"]
+
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    grouped = frame.pivot(index="query", columns="method", values="accuracy").loc[queries, methods]
+    grouped.plot.bar(ax=ax, rot=0, width=0.85)
+    ax.set_ylabel("ontology-level accuracy (Unassigned = wrong)")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout()
+    fig.savefig(out / names[0], dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(queries), figsize=(4 * len(queries), 4), squeeze=False)
+    edges = np.linspace(0, 1, N_BINS + 1)
+    for ax, query in zip(axes[0], queries, strict=True):
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+        for r in results.scores:
+            if r["query"] == query and "reliability" in r:
+                confidence, correct = r["reliability"]
+                bins = np.clip(np.digitize(confidence, edges) - 1, 0, N_BINS - 1)
+                used = [b for b in range(N_BINS) if (bins == b).any()]
+                x = [confidence[bins == b].mean() for b in used]
+                y = [correct[bins == b].mean() for b in used]
+                ax.plot(x, y, marker="o", ms=3, label=f"{r['method']} (ECE {r['ece']:.3f})")
+        ax.set(title=query, xlabel="reported confidence", xlim=(0, 1), ylim=(0, 1))
+        ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("share right (ontology level)")
+    fig.tight_layout()
+    fig.savefig(out / names[1], dpi=110)
+    plt.close(fig)
+
+    ood = pd.DataFrame(results.ood).dropna(subset=["auroc"])
+    ood_queries = list(dict.fromkeys(ood["query"]))
+    ood_methods = list(dict.fromkeys(ood["method"]))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    for ax, column, label in zip(
+        axes,
+        ("auroc", "flagged_held_out"),
+        ("AUROC of the uncertainty, held-out class vs rest", f"held-out cells flagged (uncertainty > {THRESHOLD})"),
+        strict=True,
+    ):
+        table = ood.pivot(index="query", columns="method", values=column).loc[ood_queries, ood_methods]
+        table.plot.bar(ax=ax, rot=0, width=0.85, legend=ax is axes[0])
+        ax.set(ylabel=label, ylim=(0, 1.05))
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / names[2], dpi=110)
+    plt.close(fig)
+    return names
+
+
+def environment() -> dict[str, str]:
+    packages = ["cellzoo", "celltypist", "scanpy", "scvi-tools", "xgboost", "torch", "scikit-learn", "anndata"]
+    versions = {}
+    for name in [*packages, "mlflow"]:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    try:
+        git = ["git", "-C", str(ROOT)]
+        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        changed = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True, check=True)
+        commit = commit.stdout.strip() + (" with uncommitted changes" if changed.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
+        "machine": f"{platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} CPU cores, "
+        f"{ram:.0f} GiB RAM, no GPU used",
+        "commit": commit,
+    }
+
+
+def report(
+    results: Results, plots: list[str], command: str, seconds: float, load: tuple[float, float], env: dict[str, str]
+) -> str:
+    goal_table, sentences = goals(results)
+    skipped = "".join(f"\n- Not run: {s}." for s in results.skipped)
+    collapsed = "\n".join(
+        f"- {r['method']} gives {r['commonest'][1]:.0%} of the {r['query']} cells one label, `{r['commonest'][0]}`."
+        for r in results.scores
+        if r["commonest"][1] >= COLLAPSED
+    )
+    return f"""## Accuracy against the peers
+
+Generated by `{command}` on {dt.date.today().isoformat()} in {seconds / 60:.1f} min (git {env["commit"]}).
+Machine: {env["machine"]}; load average {load[0]:.1f} at the start and {load[1]:.1f} at the end
+(the machine was shared with other jobs, so times are indicative).
+Versions: {env["versions"]}.
+
+Every method is trained on the same reference cells: PBMC, the SoupX PBMC 4k cells (`Annotation`,
+`?` dropped); lung cell lines, CellBench CEL-seq2 5-line plates 1 and 2 (`cell_line`, on the genes
+both plates have). Queries: Kang 2018 and OneK1K (Ensembl ids mapped to symbols with the runner's
+GENCODE table, as `annotate` does), CellBench Drop-seq and CEL-seq2 3-line mixtures.
+
+### Methods and settings
+- **cellzoo linear / xgboost / scanvi**: built by `model_zoo.build` (the code of `cellzoo build`) from
+  the zoo recipes `pbmc` (linear, xgboost), `pbmc-scanvi`, and `lung-cell-lines` (all three families),
+  with each recipe's parameters and the family set in a copy of the recipe; annotated by
+  `runner.annotate.annotate` (`annotate`, in-process, `--unassigned-threshold {THRESHOLD}`). Confidence:
+  1 - the reported uncertainty.
+- **CellTypist** {version_or_missing("celltypist")}: `celltypist.train` on log1p CP10k of the reference's
+  detected genes with `feature_selection=True, top_genes=300` (as the linear family), `use_SGD=True`,
+  `random_state=0`, otherwise defaults (scaled input, `alpha=1e-4`). `use_SGD=True` because celltypist
+  1.7.1's default `LogisticRegression(multi_class="ovr")` fails with scikit-learn
+  {version_or_missing("scikit-learn")}, which no longer accepts `multi_class`; its SGD logistic regression is
+  also one-vs-rest, the mode CellTypist offers for large references. `celltypist.annotate` on log1p CP10k of
+  the query in `best match` mode, one call with `majority_voting=True` (its own over-clustering): the
+  `predicted_labels` column is the run without voting, `majority_voting` the run with it. Confidence:
+  CellTypist's `conf_score` (`to_adata(insert_conf_by=...)`: the probability of the predicted label, or
+  with voting of the voted label).
+- **scanpy ingest**: reference log1p CP10k on the genes it shares with the query, {INGEST["n_hvg"]} HVGs
+  (scanpy's default flavour) when there are more, PCA ({INGEST["n_pcs"]} PCs), neighbours
+  (k={INGEST["n_neighbors"]}); `sc.tl.ingest(query, reference, obs="label", embedding_method="pca")`.
+  It reports no confidence: ECE and out-of-distribution scores are n/a.
+- **scArches scANVI** (the scArches / scvi-tools tutorial recipe, CPU, `scvi.settings.seed = 0`): SCVI
+  on the reference's {SCARCHES_TRAIN["n_hvg"]} seurat_v3 HVGs of raw counts (per plate for the lung reference) with
+  `{", ".join(f"{k}={v!r}" for k, v in SCARCHES_MODEL.items())}`, `max_epochs={SCARCHES_TRAIN["scvi_epochs"]}`
+  (**capped**: the tutorial keeps scvi-tools' default, 400 at these sizes, 3-5 min per reference here;
+  100 is the budget of cellzoo's scanvi family); `SCANVI.from_scvi_model(unlabeled_category="Unknown")`,
+  `train(max_epochs={SCARCHES_TRAIN["scanvi_epochs"]}, n_samples_per_label={SCARCHES_TRAIN["n_samples_per_label"]})`;
+  each query: `prepare_query_anndata` (missing genes as zeros), `load_query_data`,
+  `train(max_epochs={SCARCHES_TRAIN["query_epochs"]}, plan_kwargs=dict(weight_decay=0.0),
+  check_val_every_n_epoch={SCARCHES_TRAIN["check_val_every_n_epoch"]})` (the full 100 epochs, not capped), and
+  `predict(soft=True)`: the label of the highest probability, confidence that probability.
+
+### Scoring rules
+- **Ontology accuracy**: a prediction is right when its ontology id (Cell Ontology; Cellosaurus for the
+  cell lines, which must match exactly) is the truth's term or an ancestor or descendant of it
+  (`model_zoo.metrics.ontology_match`; e.g. `MNP` is right for CD14+ monocytes, `B` for memory B cells).
+  **`Unassigned` counts as wrong**; "acc. on assigned" leaves those cells out.
+- **Exact accuracy**: the predicted label's ontology id equals the truth's. It is given only where every
+  query label's id is one of the reference labels' ids (the lung cell lines); for PBMC the label sets
+  differ (`MNP` vs classical / non-classical monocytes, `B` vs memory B), so it is n/a.
+- **Macro-F1** over the truth's ontology terms: a prediction right at the ontology level counts as the
+  truth's term, a wrong one (or `Unassigned`) as its own.
+- **Genes in query**: the genes a method's model uses that the query has. cellzoo: the runner's
+  overlap after id mapping (`annotate` refuses a query below 20%, which then has no row: see below);
+  CellTypist: its selected features (the others are read as zero); scArches: the reference HVGs (the
+  others padded with zeros by `prepare_query_anndata`); ingest: the shared genes it is fitted on.
+- **ECE** ({N_BINS} equal-width bins) of the reported confidence against ontology-level correctness of
+  the label that confidence is about (cellzoo: the most probable class, before the threshold).
+- **Out of distribution**: each reference is trained again without one class (PBMC `{PBMC.held_out}`,
+  lung `{LUNG.held_out}`); the query cells of that class (by ontology: Kang's `B cells`, OneK1K's `bmem`,
+  `H2228`) are scored. "Flagged": `Unassigned` or uncertainty (1 - confidence) above {THRESHOLD} (the
+  runner's threshold; CellTypist's `p_thres`, equal to its `prob match` mode leaving the cell
+  `Unassigned`). AUROC: `sklearn.metrics.roc_auc_score` of the uncertainty, held-out cells vs the rest.
+- **Goal** (issue 6): cellzoo's best family (by ontology accuracy) at or above the best peer on each
+  query, and its ECE below that of every peer reporting a confidence. Computed from the table below.{skipped}
+
+### Cross-study and cross-technology accuracy
+{accuracy_table(results)}
+
+{collapsed}
+
+### The goal, per query
+{goal_table}
+
+{chr(10).join(sentences)}
+
+### Out of distribution: cells of a class the reference never had
+{ood_table(results)}
+
+### Plots
+{chr(10).join(f"![{name}]({name})" for name in plots)}
+
+### Reproduce
+    {command}
+"""
+
+
+def version_or_missing(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "(not installed: its rows are skipped)"
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(prog="benchmarks/accuracy.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for accuracy.md and the plots")
+    parser.add_argument("--quick", action="store_true", help="the lung cell lines only")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logger.setLevel(logging.INFO)
+    for noisy in ("scvi", "lightning", "lightning.pytorch", "celltypist", "model_zoo", "runner"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    command = " ".join(["python benchmarks/accuracy.py", *(argv if argv is not None else sys.argv[1:])])
+    start, load_start, env = time.perf_counter(), os.getloadavg()[0], environment()  # before anything is written
+    with tempfile.TemporaryDirectory(prefix="cellzoo-accuracy-") as tmp:
+        results = run([LUNG] if args.quick else [PBMC, LUNG], METHODS, args.data, Path(tmp))
+    args.out.mkdir(parents=True, exist_ok=True)
+    plots = plot(results, args.out)
+    text = report(results, plots, command, time.perf_counter() - start, (load_start, os.getloadavg()[0]), env)
+    (args.out / "accuracy.md").write_text(text)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
