@@ -1,7 +1,7 @@
 """Accuracy benchmark (issue 6): cellzoo's model families beside CellTypist, scanpy ingest and the scArches
 scANVI recipe, all trained on the same reference cells and scored on other studies and technologies.
 
-    PYTHONPATH=. python benchmarks/accuracy.py [--quick] [--out docs/benchmarks] [--data ../shared/data]
+    python benchmarks/accuracy.py [--quick] [--docs-dir docs/benchmarks] [--data ../shared/data]
 
 Prints the tables and writes ``OUT/accuracy.md`` (a Markdown fragment) and ``OUT/accuracy_*.png``;
 ``main(argv)`` also returns the Markdown (for ``benchmarks/run.py``). ``--quick`` runs the lung cell
@@ -588,10 +588,12 @@ def plot(results: Results, out: Path) -> list[str]:
         strict=True,
     ):
         table = ood.pivot(index="query", columns="method", values=column).loc[ood_queries, ood_methods]
-        table.plot.bar(ax=ax, rot=0, width=0.85, legend=ax is axes[0])
-        ax.set(ylabel=label, ylim=(0, 1.05))
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+        table.plot.bar(ax=ax, rot=15, width=0.85, legend=False)
+        ax.set(ylabel=label, ylim=(0, 1.05), xlabel="")
+        ax.tick_params(axis="x", labelsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, ncol=len(labels), loc="lower center")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(out / names[2], dpi=110)
     plt.close(fig)
     return names
@@ -729,7 +731,7 @@ def version_or_missing(package: str) -> str:
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(prog="benchmarks/accuracy.py", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for accuracy.md and the plots")
+    parser.add_argument("--docs-dir", type=Path, default=DEFAULT_OUT, help="folder for accuracy.md and the plots")
     parser.add_argument("--quick", action="store_true", help="the lung cell lines only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -741,10 +743,10 @@ def main(argv: list[str] | None = None) -> str:
     start, load_start, env = time.perf_counter(), os.getloadavg()[0], environment()  # before anything is written
     with tempfile.TemporaryDirectory(prefix="cellzoo-accuracy-") as tmp:
         results = run([LUNG] if args.quick else [PBMC, LUNG], METHODS, args.data, Path(tmp))
-    args.out.mkdir(parents=True, exist_ok=True)
-    plots = plot(results, args.out)
+    args.docs_dir.mkdir(parents=True, exist_ok=True)
+    plots = plot(results, args.docs_dir)
     text = report(results, plots, command, time.perf_counter() - start, (load_start, os.getloadavg()[0]), env)
-    (args.out / "accuracy.md").write_text(text)
+    (args.docs_dir / "accuracy.md").write_text(text)
     print(text)
     return text
 
