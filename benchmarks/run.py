@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> Path:
     docs = Path("/tmp/cellzoo-bench-docs") if args.quick else DOCS
     fragments = docs / "benchmarks"
     for name in args.only or sorted(PARTS):
-        extra = ["--quick"] if args.quick else []
-        PARTS[name]([*extra, "--docs-dir", str(fragments), *args.rest])
+        extra = ["--quick", "--docs-dir", str(fragments)] if args.quick else []  # else the parts' docs/benchmarks
+        PARTS[name]([*extra, *args.rest])
     status = {name: "see below" if (fragments / f"{name}.md").exists() else "not run yet" for name in PARTS}
     document = HEADER.format(**status) + "".join("\n" + section(fragments, name) for name in PARTS)
     out = docs / "benchmarks.md"
