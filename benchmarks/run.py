@@ -3,6 +3,7 @@
     python benchmarks/run.py                      # everything (about an hour on 2 cores; see the document)
     python benchmarks/run.py --only accuracy      # one part; the other part's last fragment is kept
     python benchmarks/run.py --quick              # small settings, for development (writes to /tmp)
+    python benchmarks/run.py --join               # only join the fragments into docs/benchmarks.md
 
 Each part writes its fragment and plots to ``docs/benchmarks/`` (``accuracy.md``, ``scale.md``) and
 this script joins the fragments into ``docs/benchmarks.md``. Options after ``--`` go to the parts.
@@ -24,9 +25,9 @@ DOCS = ROOT / "docs"
 PARTS = {"accuracy": accuracy.main, "scale": scale.main}
 HEADER = """# Benchmarks
 
-Reproduce every table here with `python benchmarks/run.py` from the repository root (after the README's
-install; CellTypist is a benchmark-only extra: `pip install celltypist==1.7.1`). Each part names its
-machine, versions and settings. Plots are in `docs/benchmarks/`.
+Reproduce every table here with `python benchmarks/run.py` from the repository root, after the README's
+install with the benchmark extra (CellTypist): `pip install -e ".[test,bench]" -c constraints.txt`. Each
+part names its machine, versions and settings. Plots are in `docs/benchmarks/`.
 
 - [Accuracy against the peers](#accuracy-against-the-peers): {accuracy}
 - [Scale and speed](#scale-and-speed): {scale}
@@ -37,11 +38,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=sorted(PARTS), action="append", help="Run only this part (repeatable).")
     parser.add_argument("--quick", action="store_true", help="Small settings; writes to /tmp/cellzoo-bench-docs.")
+    parser.add_argument("--join", action="store_true", help="Run nothing: join the fragments there are.")
     parser.add_argument("rest", nargs="*", help="Options after -- are passed to each part.")
     args = parser.parse_args(argv)
     docs = Path("/tmp/cellzoo-bench-docs") if args.quick else DOCS
     fragments = docs / "benchmarks"
-    for name in args.only or sorted(PARTS):
+    for name in [] if args.join else args.only or sorted(PARTS):
         extra = ["--quick", "--docs-dir", str(fragments)] if args.quick else []  # else the parts' docs/benchmarks
         PARTS[name]([*extra, *args.rest])
     status = {name: "see below" if (fragments / f"{name}.md").exists() else "not run yet" for name in PARTS}
@@ -57,7 +59,9 @@ def section(fragments: Path, name: str) -> str:
     fragment = fragments / f"{name}.md"
     if not fragment.exists():
         return f"## {name}\n\nNot run yet: `python benchmarks/run.py --only {name}`.\n"
-    lines = [f"#{line}" if line.startswith("#") else line for line in fragment.read_text().splitlines()]
+    lines = fragment.read_text().splitlines()
+    top = min(len(line) - len(line.lstrip("#")) for line in lines if line.startswith("#"))
+    lines = ["#" * (2 - top) + line if line.startswith("#") else line for line in lines]  # its top heading: ##
     return "\n".join(lines).replace(f"]({name}_", f"]({fragments.name}/{name}_") + "\n"
 
 
