@@ -27,6 +27,8 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata.io import write_elem
 
+from runner.files import atomic_path
+
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT.parent / "shared" / "data" / "pbmc" / "soupx_pbmc4k.h5ad"
 LABEL = "Annotation"
@@ -76,37 +78,32 @@ def write_synthetic(
     counts = sp.csr_matrix(ref.X)
     labels = ref.obs[LABEL].astype(str).to_numpy()
     rng = np.random.default_rng(seed)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     drawn_labels = []
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
-            x = f.create_group("X")
-            x.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0"})
-            x.attrs["shape"] = np.array([n_cells, counts.shape[1]], dtype=np.int64)
-            data = x.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(HDF5_CHUNK,))
-            indices = x.create_dataset("indices", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(HDF5_CHUNK,))
-            indptr = x.create_dataset("indptr", shape=(n_cells + 1,), dtype=np.int64)
-            indptr[0] = 0
-            for start in range(0, n_cells, chunk_size):
-                cells = rng.integers(0, counts.shape[0], size=min(chunk_size, n_cells - start))
-                chunk = _resample(counts[cells], rng)
-                offset = data.shape[0]
-                for dataset, values in ((data, chunk.data), (indices, chunk.indices)):
-                    dataset.resize((offset + chunk.nnz,))
-                    dataset[offset:] = values
-                indptr[start + 1 : start + 1 + len(cells)] = offset + chunk.indptr[1:]
-                drawn_labels.append(labels[cells])
-            barcodes = [f"syn-{i:09d}" for i in range(1, n_cells + 1)]
-            obs = pd.DataFrame({LABEL: pd.Categorical(np.concatenate(drawn_labels))}, index=barcodes)
-            write_elem(f, "obs", obs)
-            write_elem(f, "var", ref.var)
-            write_elem(f, "uns", _uns(reference, n_cells, seed, genes))
-            for empty in ("obsm", "varm", "obsp", "varp", "layers"):
-                write_elem(f, empty, {})
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+        x = f.create_group("X")
+        x.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0"})
+        x.attrs["shape"] = np.array([n_cells, counts.shape[1]], dtype=np.int64)
+        data = x.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(HDF5_CHUNK,))
+        indices = x.create_dataset("indices", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(HDF5_CHUNK,))
+        indptr = x.create_dataset("indptr", shape=(n_cells + 1,), dtype=np.int64)
+        indptr[0] = 0
+        for start in range(0, n_cells, chunk_size):
+            cells = rng.integers(0, counts.shape[0], size=min(chunk_size, n_cells - start))
+            chunk = _resample(counts[cells], rng)
+            offset = data.shape[0]
+            for dataset, values in ((data, chunk.data), (indices, chunk.indices)):
+                dataset.resize((offset + chunk.nnz,))
+                dataset[offset:] = values
+            indptr[start + 1 : start + 1 + len(cells)] = offset + chunk.indptr[1:]
+            drawn_labels.append(labels[cells])
+        barcodes = [f"syn-{i:09d}" for i in range(1, n_cells + 1)]
+        obs = pd.DataFrame({LABEL: pd.Categorical(np.concatenate(drawn_labels))}, index=barcodes)
+        write_elem(f, "obs", obs)
+        write_elem(f, "var", ref.var)
+        write_elem(f, "uns", _uns(reference, n_cells, seed, genes))
+        for empty in ("obsm", "varm", "obsp", "varp", "layers"):
+            write_elem(f, empty, {})
     return path
 
 
