@@ -239,9 +239,11 @@ def _predict(query, info, genes, params, env_manager: str, batch_size: int):
     outputs, totals, in_model = [], [], []
     n_blocks = -(-query.n_obs // batch_size)
     blocks = _aligned_blocks(query, genes.alignment, batch_size)
-    for total, aligned in tqdm(blocks, total=n_blocks, desc="annotate", unit="batch", disable=n_blocks < 2):
+    for total, total_in_model, aligned in tqdm(
+        blocks, total=n_blocks, desc="annotate", unit="batch", disable=n_blocks < 2
+    ):
         totals.append(total)
-        in_model.append(row_sums(aligned))
+        in_model.append(total_in_model)
         outputs.append(predict_batch(model, aligned, params) if model is not None else aligned)
     cells = check_cells(np.concatenate(totals), np.concatenate(in_model), query.obs_names)
     for line in cells.warnings() + genes.warnings:
@@ -253,21 +255,22 @@ def _predict(query, info, genes, params, env_manager: str, batch_size: int):
     return predict_in_env(python, info, sp.vstack(outputs, format="csr"), params, batch_size), cells, environment
 
 
-def _aligned_blocks(query, alignment, batch_size: int) -> Iterator[tuple[np.ndarray, sp.csr_matrix]]:
-    """Each block of cells read, checked for counts and aligned to the model's genes: (each cell's total
-    count, the aligned counts). The next block is prepared in a second thread while the model runs."""
+def _aligned_blocks(query, alignment, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, sp.csr_matrix]]:
+    """Each block of cells read, checked for counts and aligned to the model's genes: (each cell's total count,
+    its total over the model's genes, the aligned counts). The next block is prepared in a second thread while
+    the model runs on this one."""
 
-    def prepare(start: int) -> tuple[np.ndarray, sp.csr_matrix]:
+    def prepare(start: int) -> tuple[np.ndarray, np.ndarray, sp.csr_matrix]:
         counts = checked_counts(query.rows(start, start + batch_size), query.source, query.others)
-        return row_sums(counts), alignment.apply(counts)
+        aligned = alignment.apply(counts)
+        return row_sums(counts), row_sums(aligned), aligned
 
-    starts = range(0, query.n_obs, batch_size)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(prepare, starts[0]) if starts else None
-        for following in [*starts[1:], None]:
-            block = pending.result()
-            pending = pool.submit(prepare, following) if following is not None else None
+        pending = pool.submit(prepare, 0)
+        for following in range(batch_size, query.n_obs, batch_size):
+            block, pending = pending.result(), pool.submit(prepare, following)
             yield block
+        yield pending.result()
 
 
 def _describe(environment: dict) -> str:

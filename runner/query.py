@@ -53,6 +53,11 @@ def candidates(adata) -> list[tuple[str, object, pd.DataFrame]]:
     return [*found, ("X", adata.X, adata.var)]
 
 
+def row_sums(matrix: sp.csr_matrix) -> np.ndarray:
+    """Each cell's total."""
+    return np.asarray(matrix.sum(axis=1)).ravel()
+
+
 def _fractional(values: np.ndarray) -> np.ndarray:
     """The values (among the first ``COUNT_CHECK_VALUES``) farther than ``INTEGER_TOLERANCE`` from an integer."""
     sample = values[:COUNT_CHECK_VALUES]
@@ -72,7 +77,7 @@ def counts_problem(matrix: sp.csr_matrix) -> str:
     fractional = _fractional(values)
     if not fractional.size:
         return ""
-    totals = np.asarray(matrix.sum(axis=1)).ravel()
+    totals = row_sums(matrix)
     if totals.size > 1 and totals.std() <= TOTALS_SPREAD * totals.mean():
         looks = f"normalised: every cell sums to {totals.mean():.6g}"
     elif values.max() < LOG_MAX:
@@ -88,7 +93,7 @@ def describe_values(matrix: sp.csr_matrix) -> str:
         return "all zero"
     values = matrix.data
     integer = not _fractional(values).size
-    totals = np.asarray(matrix.sum(axis=1)).ravel()
+    totals = row_sums(matrix)
     return (
         f"{'integers' if integer else 'non-integer values'}, min {np.nanmin(values):.4g}, max {np.nanmax(values):.4g}, "
         f"median {np.nanmedian(totals):.5g} per cell, {matrix.nnz / np.prod(matrix.shape):.1%} non-zero"
@@ -123,11 +128,16 @@ def checked_counts(matrix: sp.csr_matrix, source: str, others) -> sp.csr_matrix:
     return matrix
 
 
+def candidate_matrices(adata) -> list[tuple[str, sp.csr_matrix]]:
+    """:func:`candidates` as CSR matrices, for the hint when the chosen matrix does not hold counts."""
+    return [(source, as_csr(x)) for source, x, _ in candidates(adata)]
+
+
 def find_counts(adata, layer: str | None = None) -> Counts:
     """The raw counts of an in-memory AnnData (:func:`counts_source`), checked by :func:`checked_counts`."""
     source = counts_source(layer, adata.layers, adata.raw is not None)
     x, var = next((x, var) for s, x, var in candidates(adata) if s == source)
-    matrix = checked_counts(as_csr(x), source, lambda: [(s, as_csr(m)) for s, m, _ in candidates(adata)])
+    matrix = checked_counts(as_csr(x), source, lambda: candidate_matrices(adata))
     logger.info("counts from %s: %d cells x %d genes", source, *matrix.shape)
     return Counts(matrix, var, source)
 
@@ -195,10 +205,6 @@ def check_cells(totals: np.ndarray, in_model: np.ndarray, obs_names) -> Cells:
             "counts at all): check that the matrix is cells x genes (--orientation) and holds the counts"
         )
     return cells
-
-
-def row_sums(matrix: sp.csr_matrix) -> np.ndarray:
-    return np.asarray(matrix.sum(axis=1)).ravel()
 
 
 @dataclass

@@ -17,14 +17,14 @@ from pathlib import Path
 import scipy.sparse as sp
 
 from runner.errors import InputError, UsageError
-from runner.query import as_csr, candidates, counts_source
+from runner.query import as_csr, candidate_matrices, candidates, counts_source
 from runner.readers import H5AD, READ_ERRORS, InputDescription, ReadOptions, detect_format, read_input
 from runner.write import streamed_output, write_h5ad_atomic
 
 logger = logging.getLogger(__name__)
 
 STREAM_MIN_CELLS = 100_000  # h5ad queries with this many cells are streamed unless --in-memory
-HEAD_CELLS = 1_000  # cells of the other matrices read to say which of them holds counts
+HEAD_CELLS = 1_000  # cells of the other matrices of a streamed file read to say which holds counts
 
 
 class MemoryQuery:
@@ -48,8 +48,8 @@ class MemoryQuery:
         return self.matrix[start:stop]
 
     def others(self) -> list[tuple[str, sp.csr_matrix]]:
-        """The first cells of every matrix that may hold counts, for the hint when the chosen one does not."""
-        return [(source, as_csr(x[:HEAD_CELLS])) for source, x, _ in candidates(self.adata)]
+        """Every matrix that may hold counts, for the hint when the chosen one does not."""
+        return candidate_matrices(self.adata)
 
     def target(self):
         """The AnnData the results are written into."""
@@ -81,12 +81,10 @@ class StreamedH5ad:
         self.file = h5py.File(path, "r")
         try:
             f = self.file
-            layers = list(f["layers"]) if "layers" in f else []
-            self.source = counts_source(counts_layer, layers, "raw" in f and "X" in f["raw"])
-            self.element = f[_element_path(self.source)]
+            self.source, element = _counts_element(f, counts_layer)
             self.var = ad.io.read_elem(f["raw/var" if self.source == "raw.X" else "var"])
             self.obs = ad.io.read_elem(f["obs"])
-            self._matrix = _row_reader(self.element, self.source)
+            self._matrix = _row_reader(element, self.source)
         except BaseException:
             self.file.close()
             raise
@@ -105,12 +103,8 @@ class StreamedH5ad:
             raise InputError(f"{self.path}: cells {start}-{stop} of {self.source} could not be read: {err}") from err
 
     def others(self) -> list[tuple[str, sp.csr_matrix]]:
-        f, found = self.file, []
-        for name in list(f["layers"]) if "layers" in f else []:
-            found.append((f"layers[{name!r}]", f[f"layers/{name}"]))
-        if "raw" in f and "X" in f["raw"]:
-            found.append(("raw.X", f["raw/X"]))
-        found.append(("X", f["X"]))
+        """The first cells of every matrix that may hold counts, for the hint when the chosen one does not."""
+        found = _h5_candidates(self.file)
         return [(source, as_csr(_row_reader(el, source)[:HEAD_CELLS])) for source, el in found if _by_row(el)]
 
     def target(self):
@@ -126,8 +120,22 @@ class StreamedH5ad:
         self.file.close()
 
 
-def _element_path(source: str) -> str:
-    return {"X": "X", "raw.X": "raw/X"}.get(source) or f"layers/{source[8:-2]}"
+def _h5_candidates(f) -> list[tuple[str, object]]:
+    """The matrices of an open h5ad that may hold counts, in the order of :func:`runner.query.candidates`."""
+    found = [(f"layers[{name!r}]", f[f"layers/{name}"]) for name in f.get("layers", [])]
+    if "raw" in f and "X" in f["raw"]:
+        found.append(("raw.X", f["raw/X"]))
+    return [*found, *([("X", f["X"])] if "X" in f else [])]
+
+
+def _counts_element(f, counts_layer: str | None) -> tuple[str, object]:
+    """Where the counts of an open h5ad are (:func:`runner.query.counts_source`), and its HDF5 element."""
+    layers = list(f.get("layers", []))
+    source = counts_source(counts_layer, layers, "raw" in f and "X" in f["raw"])
+    element = dict(_h5_candidates(f)).get(source)
+    if element is None:
+        raise InputError(f"{f.filename} has no {source}: an h5ad file holds its matrix in X")
+    return source, element
 
 
 def _by_row(element) -> bool:
@@ -153,14 +161,19 @@ def _row_reader(element, source: str):
     return ad.io.sparse_dataset(element) if isinstance(element, h5py.Group) else element
 
 
-def h5ad_cells(path: Path) -> tuple[int, bool]:
-    """The number of cells of an h5ad file, and whether its matrix X can be streamed, without reading it."""
+def h5ad_cells(path: Path, counts_layer: str | None) -> tuple[int, bool]:
+    """The number of cells of an h5ad file, and whether the matrix holding its counts (``counts_layer``,
+    ``raw.X`` or ``X``) can be streamed, without reading either."""
     import h5py
 
     with h5py.File(path, "r") as f:
         obs = f["obs"]
         index = obs[obs.attrs.get("_index", "_index")] if isinstance(obs, h5py.Group) else obs
-        return index.shape[0], "X" in f and _by_row(f["X"])
+        try:
+            _, element = _counts_element(f, counts_layer)
+        except InputError:  # no matrix: reading it whole says so
+            return index.shape[0], False
+        return index.shape[0], _by_row(element)
 
 
 def open_query(path: Path, options: ReadOptions, counts_layer: str | None, backed: bool | None):
@@ -172,12 +185,14 @@ def open_query(path: Path, options: ReadOptions, counts_layer: str | None, backe
         return MemoryQuery(*read_input(path, options), counts_layer)
     if backed is None:
         try:
-            n_cells, by_row = h5ad_cells(path)
+            n_cells, by_row = h5ad_cells(path, counts_layer)
         except READ_ERRORS as err:
             raise InputError(f"{path} could not be read as {kind}: {err}. Is it complete (not truncated)?") from err
         backed = n_cells >= STREAM_MIN_CELLS and by_row
         if n_cells >= STREAM_MIN_CELLS and not by_row:
-            logger.warning("%s: X is not stored by row, so the %d cells are read into memory", path.name, n_cells)
+            logger.warning(
+                "%s: the counts are not stored by row, so the %d cells are read into memory", path.name, n_cells
+            )
     if not backed:
         return MemoryQuery(*read_input(path, options), counts_layer)
     try:

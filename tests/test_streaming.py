@@ -14,6 +14,7 @@ import scipy.sparse as sp
 
 from benchmarks.synthetic import write_synthetic
 from runner.invoke import read_model_info
+from runner.sources import h5ad_cells
 from tests.conftest import data_file, run_cli, sha256, unpack_zoo_model
 
 KEY = "pbmc"
@@ -107,6 +108,18 @@ def test_column_stored_matrix_cannot_be_streamed(tmp_path):
     assert "csc_matrix" in done.stderr and "--in-memory" in done.stderr
     # without --backed a small column-stored file is read whole, as before
     assert run_cli("annotate", str(query), "-m", "pbmc", "-o", str(tmp_path / "out.h5ad")).returncode == 0
+
+
+def test_auto_streaming_looks_at_the_matrix_holding_the_counts(tmp_path):
+    """Whether a large file is streamed depends on how its counts are stored, not X: here X is by row, the
+    counts layer by column (CSC), so that file must be read whole when --counts-layer counts is asked for."""
+    query = tmp_path / "q.h5ad"
+    small_query(query)
+    adata = ad.read_h5ad(query)
+    adata.layers["counts"] = sp.csc_matrix(adata.X)
+    adata.write_h5ad(query)
+    assert h5ad_cells(query, None) == (300, True)
+    assert h5ad_cells(query, "counts") == (300, False)
 
 
 def test_backed_is_for_h5ad_only(tmp_path):
