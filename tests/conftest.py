@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
@@ -87,7 +88,8 @@ def example_copy(tmp_path) -> Path:
     return Path(shutil.copy(EXAMPLE, tmp_path / "query.h5ad"))
 
 
-PBMC_ARCHIVE = ROOT / "models" / "pbmc-1.0.0.zip"
+PBMC_VERSION = yaml.safe_load((ROOT / "registry.yaml").read_text())["models"]["pbmc"]["default"]
+PBMC_ARCHIVE = ROOT / "models" / f"pbmc-{PBMC_VERSION}.zip"  # the zoo's default pbmc, as built from its recipe
 
 
 def assert_cache_clean(cache: Path) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
 
 import anndata as ad
 import numpy as np
 import pytest
 
-from benchmarks.scale import GB, measure
+from benchmarks.scale import GB, evict, measure
 from benchmarks.synthetic import write_synthetic
 from tests.conftest import data_file
 
@@ -51,3 +53,19 @@ def test_measure_sees_a_child_allocate_memory():
 def test_measure_kills_a_run_above_the_memory_limit():
     run = measure(allocating(2_000_000_000), mem_limit_gb=0.5)
     assert not run.ok and run.killed == "killed: > 0.5 GB"
+
+
+@pytest.mark.skipif(shutil.which("fincore") is None, reason="needs util-linux fincore to see the page cache")
+def test_evict_drops_the_query_from_the_page_cache(tmp_path):
+    """Every measured run reads the query from disk: a file just read is resident, then no longer."""
+    path = tmp_path / "query.bin"
+    path.write_bytes(np.random.default_rng(0).bytes(32_000_000))
+
+    def resident_pages() -> int:
+        done = subprocess.run(["fincore", "-b", "-n", "-o", "PAGES", str(path)], capture_output=True, text=True)
+        return int(done.stdout.split()[0])
+
+    path.read_bytes()
+    assert resident_pages() > 1000
+    evict(path)
+    assert resident_pages() == 0

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import PBMC_ARCHIVE, assert_cache_clean, run_cli, sha256
+from tests.conftest import PBMC_ARCHIVE, PBMC_VERSION, assert_cache_clean, run_cli, sha256
 
 PBMC_SHA = sha256(PBMC_ARCHIVE)
 
@@ -18,7 +18,7 @@ def test_pull_verify_evict_rm_and_clean(model_cache):
     assert pulled.returncode == 0 and PBMC_SHA in pulled.stdout, pulled.stderr
     listed = run_cli("cellzoo", "models", "list")
     rows = {row.split()[0]: row.split() for row in listed.stdout.splitlines()[1:]}
-    assert rows["pbmc"] == ["pbmc", "1.0.0", "human", "blood", "linear", "yes"]
+    assert rows["pbmc"] == ["pbmc", PBMC_VERSION, "human", "blood", "linear", "yes"]
     assert rows["lung-cell-lines"][-1] == "no"  # only what was pulled is cached
     ok = run_cli("cellzoo", "models", "verify")
     assert ok.returncode == 0 and f"ok      {PBMC_SHA}" in ok.stdout

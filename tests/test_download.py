@@ -22,7 +22,7 @@ def test_pinned_url_is_downloaded_verified_and_cached(archive_server, model_cach
     assert done.returncode == 0, done.stderr
     assert (model_cache / "models" / PBMC_SHA / "MLmodel").is_file()
     assert sha256(model_cache / "archives" / f"{PBMC_SHA}.zip") == PBMC_SHA
-    assert "download pbmc-1.0.0.zip" in done.stderr  # the progress bar
+    assert f"download {PBMC_ARCHIVE.name}" in done.stderr  # the progress bar
     again = run_cli("cellzoo", "models", "pull", pinned(archive_server, "ok"))
     assert again.returncode == 0 and archive_server.gets("/ok/") == 1  # cached: no second download
 

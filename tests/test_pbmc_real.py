@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anndata as ad
+import numpy as np
 import pytest
 import yaml
 
@@ -11,6 +12,8 @@ from runner.archive import pack_model_dir
 from tests.conftest import ROOT, data_file, run_cli, truth_terms
 
 pytestmark = pytest.mark.slow
+RECIPE_VERSION = yaml.safe_load((ROOT / "model_zoo" / "recipes" / "pbmc.yaml").read_text())["version"]
+BUILT = f"pbmc-{RECIPE_VERSION}"  # what `cellzoo build pbmc` writes
 FLOOR = 0.80  # ontology-level accuracy a broken or panel-blind model does not reach on Kang (0.67 measured)
 
 
@@ -24,7 +27,7 @@ def annotate_and_score(tmp_path, model: str, dataset: str, column: str, *options
 
 
 def test_build_writes_mlflow_model_card_and_deterministic_archive(built_pbmc, tmp_path):
-    model_dir = built_pbmc / "pbmc-1.0.0"
+    model_dir = built_pbmc / BUILT
     meta = yaml.safe_load((model_dir / "MLmodel").read_text())["metadata"]
     for field in (
         "name",
@@ -51,15 +54,15 @@ def test_build_writes_mlflow_model_card_and_deterministic_archive(built_pbmc, tm
     # the same content packs to the same bytes
     first = pack_model_dir(model_dir, tmp_path / "a.zip")
     assert first == pack_model_dir(model_dir, tmp_path / "b.zip")
-    assert (built_pbmc / "pbmc-1.0.0.zip").exists()
+    assert (built_pbmc / f"{BUILT}.zip").exists()
 
 
 def test_built_model_transfers_to_kang_at_ontology_level(built_pbmc, tmp_path):
-    model = str(built_pbmc / "pbmc-1.0.0")
+    model = str(built_pbmc / BUILT)
     accuracy, _ = annotate_and_score(tmp_path, model, "pbmc/kang2018_pbmc.h5ad", "cluster_id")
     assert accuracy >= FLOOR
     # the model card records what the runner measures by default (same model, same query, Unassigned wrong)
-    meta = yaml.safe_load((built_pbmc / "pbmc-1.0.0" / "MLmodel").read_text())["metadata"]
+    meta = yaml.safe_load((built_pbmc / BUILT / "MLmodel").read_text())["metadata"]
     recorded = meta["metrics"]["cross_study"][0]["ontology_accuracy"]
     assert recorded == pytest.approx(accuracy, abs=0.005)
 
@@ -68,6 +71,19 @@ def test_zoo_model_annotates_kang(tmp_path):
     accuracy, result = annotate_and_score(tmp_path, "pbmc", "pbmc/kang2018_pbmc.h5ad", "cluster_id")
     assert accuracy >= FLOOR
     assert result.uns["pbmc"]["gene_overlap"]["present"] < result.uns["pbmc"]["gene_overlap"]["model_genes"]
+
+
+def test_pbmc_releases_agree_on_real_cells(tmp_path):
+    """pbmc 1.1.0 is 1.0.0 retrained by the same recipe with the faster prediction code (float32, fewer
+    copies): the same labels for every Kang 2018 cell, probabilities within 1e-5 (7.7e-7 measured)."""
+    for part in ("old", "new"):
+        (tmp_path / part).mkdir()
+    _, old = annotate_and_score(tmp_path / "old", "pbmc@1.0.0", "pbmc/kang2018_pbmc.h5ad", "cluster_id")
+    _, new = annotate_and_score(tmp_path / "new", "pbmc@1.1.0", "pbmc/kang2018_pbmc.h5ad", "cluster_id")
+    assert (old.obs["pbmc_predicted"] == new.obs["pbmc_predicted"]).all()
+    np.testing.assert_allclose(new.obsm["pbmc_probabilities"], old.obsm["pbmc_probabilities"], atol=1e-5)
+    np.testing.assert_allclose(new.obsm["X_pbmc_umap"], old.obsm["X_pbmc_umap"], atol=1e-4)
+    assert new.uns["pbmc"]["model"]["version"] == "1.1.0" and old.uns["pbmc"]["model"]["version"] == "1.0.0"
 
 
 def test_zoo_model_annotates_onek1k_through_ensembl_mapping(tmp_path):

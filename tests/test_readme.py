@@ -10,7 +10,7 @@ from pathlib import Path
 
 import anndata as ad
 
-from tests.conftest import ROOT
+from tests.conftest import PBMC_ARCHIVE, ROOT
 
 
 def readme_block(marker: str) -> str:
@@ -50,8 +50,8 @@ def test_readme_quickstart_annotates_the_bundled_example(tmp_path):
 
 def test_readme_private_registry_commands(tmp_path):
     """The 'Running a private registry' block, on a model directory as `cellzoo build` writes it."""
-    with zipfile.ZipFile(ROOT / "models" / "pbmc-1.0.0.zip") as zf:
-        zf.extractall(tmp_path / "build" / "pbmc-1.0.0")
+    with zipfile.ZipFile(PBMC_ARCHIVE) as zf:
+        zf.extractall(tmp_path / "build" / PBMC_ARCHIVE.stem)
     done = run_readme_block("private-registry", tmp_path)
     assert done.returncode == 0, done.stderr
     assert "labpbmc" in done.stdout and (tmp_path / "lab" / "models" / "labpbmc-1.0.0.zip").is_file()

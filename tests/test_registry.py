@@ -7,7 +7,7 @@ import zipfile
 import pytest
 import yaml
 
-from tests.conftest import PBMC_ARCHIVE, ROOT, assert_cache_clean, run_cli, sha256
+from tests.conftest import PBMC_ARCHIVE, PBMC_VERSION, assert_cache_clean, run_cli, sha256
 
 PBMC_SHA = sha256(PBMC_ARCHIVE)
 GOOD = f"""schema_version: 1
@@ -114,13 +114,13 @@ def test_register_packs_deterministically_and_never_changes_a_version(tmp_path, 
 
 
 def test_show_prints_the_entry_card_and_pinned_reference():
-    done = run_cli("cellzoo", "models", "show", "pbmc@1.0.0")
+    done = run_cli("cellzoo", "models", "show", f"pbmc@{PBMC_VERSION}")
     assert done.returncode == 0, done.stderr
     fields = dict(line.split(None, 1) for line in done.stdout.splitlines()[:14] if line.strip())
     assert fields["sha256"] == PBMC_SHA and fields["family"] == "linear" and fields["cached"] == "no"
-    assert fields["pinned"] == f"{(ROOT / 'models' / 'pbmc-1.0.0.zip').as_uri()}#sha256={PBMC_SHA}"
+    assert fields["pinned"] == f"{PBMC_ARCHIVE.as_uri()}#sha256={PBMC_SHA}"
     assert "Kang" in done.stdout  # the model card
     unknown = run_cli("cellzoo", "models", "show", "pbmcc")
     assert unknown.returncode == 2 and "Did you mean 'pbmc'" in unknown.stderr
     version = run_cli("cellzoo", "models", "show", "pbmc@2")
-    assert version.returncode == 2 and "versions: 1.0.0" in version.stderr
+    assert version.returncode == 2 and "versions: 1.0.0, 1.1.0" in version.stderr

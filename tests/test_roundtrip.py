@@ -47,7 +47,7 @@ def test_every_key_survives_write_and_read(annotated, example_copy):
     assert np.isfinite(adata.obsm["X_pbmc_umap"]).all()
     prov = adata.uns["pbmc"]
     entry = load_registry().get("pbmc")
-    assert prov["model"]["sha256"] == entry.sha256 and prov["model"]["version"] == "1.0.0"
+    assert prov["model"]["sha256"] == entry.sha256 and prov["model"]["version"] == entry.version
     assert prov["gene_overlap"]["model_genes"] >= prov["gene_overlap"]["present"] > 0
     assert prov["params"]["counts"] == "X" and prov["runner_version"]
     # the summary a user reads
