@@ -168,6 +168,15 @@ def cli(program: str, *args: object) -> list[str]:
     return [str(BIN / program), *map(str, args)]
 
 
+def typical(runs: list[Measurement]) -> Measurement:
+    """The median wall time and the largest peak of repeated runs; a failed run, when one failed."""
+    failed = [run for run in runs if not run.ok]
+    if failed:
+        return failed[0]
+    seconds, peak = statistics.median(r.seconds for r in runs), max(r.peak_rss for r in runs)
+    return Measurement(seconds, peak, 0, None, runs[-1].output)
+
+
 def median_seconds(command: list[str], repeats: int) -> float:
     """Median wall time of ``repeats`` runs, timed directly (no wrapper: these take tenths of a second)."""
     times = []
@@ -244,11 +253,15 @@ def scale_runs(args: argparse.Namespace) -> dict[int, dict[str, Measurement | st
                 results[n_cells][tool] = command
                 continue
             out = args.data_dir / f"annotated-{n_cells}.h5ad"
-            evict(path)
-            run = measure(command(path, out), mem_limit_gb=args.mem_limit_gb)
-            out.unlink(missing_ok=True)
-            results[n_cells][tool] = run
-            print(f"  {tool:<36} {run.seconds:8.1f} s  {run.peak_rss / GB:6.2f} GB  {run.status()}", flush=True)
+            runs = []
+            while len(runs) < args.repeats and all(run.ok for run in runs):
+                evict(path)
+                runs.append(measure(command(path, out), mem_limit_gb=args.mem_limit_gb))
+                out.unlink(missing_ok=True)
+            run = results[n_cells][tool] = typical(runs)
+            times = ", ".join(f"{r.seconds:.1f}" for r in runs)
+            line = f"{run.seconds:8.1f} s  {run.peak_rss / GB:6.2f} GB  {run.status()} ({times})"
+            print(f"  {tool:<36} {line}", flush=True)
     return results
 
 
@@ -494,6 +507,7 @@ def machine_and_versions(args: argparse.Namespace) -> str:
         except metadata.PackageNotFoundError:
             versions.append(f"{package} (not installed)")
     settings = {**args.settings, "sizes": ", ".join(f"{n:,}" for n in args.sizes), "seed": args.seed}
+    settings |= {"runs per tool and size": f"{args.repeats} (median wall time, largest peak RSS)"}
     settings |= {"memory guard": f"{args.mem_limit_gb:g} GB", "scanvi query epochs": ", ".join(map(str, args.epochs))}
     return "\n".join(
         [
@@ -520,12 +534,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--docs-dir", type=Path, default=ROOT / "docs" / "benchmarks", help="scale.md and plots")
     parser.add_argument("--mem-limit-gb", type=float, default=20.0, help="kill a run whose process tree goes above")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, help="runs per tool and size (default 3; 1 --quick)")
     args = parser.parse_args(argv)
     unknown = set(args.parts) - set(PARTS)
     if unknown:
         parser.error(f"unknown parts {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
     args.sizes = args.sizes or list(QUICK_SIZES if args.quick else SIZES)
     args.epochs = QUICK_EPOCHS if args.quick else EPOCHS
+    args.repeats = args.repeats or (1 if args.quick else 3)
     args.command = shlex.join(["python", "benchmarks/scale.py", *(sys.argv[1:] if argv is None else argv)])
     args.settings = {}
     return args
