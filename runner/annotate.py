@@ -140,7 +140,7 @@ def annotate(
         info = read_model_info(resolved.path)
         result_keys = ResultKeys(key_added or info.name)
         check_keys_free(query.existing(), result_keys, overwrite)
-        checked_counts(query.rows(0, min(batch_size, query.n_obs)), query.source, query.others)  # fail fast
+        first = checked_counts(query.rows(0, batch_size), query.source, query.others)  # fail fast
         genes = check_genes(
             query.obs_names,
             query.var,
@@ -152,7 +152,7 @@ def annotate(
         alignment = genes.alignment
         params = run_params(alignment.present, info.genes, {"device": device} if device else None)
         with query.output(output) as write_output:  # a streamed query's copy begins now
-            frame, cells, environment = _predict(query, info, genes, params, env_manager, batch_size)
+            frame, cells, environment = _predict(query, first, info, genes, params, env_manager, batch_size)
             provenance = {
                 "model": {
                     "name": info.name,
@@ -226,9 +226,10 @@ def annotate(
         query.close()
 
 
-def _predict(query, info, genes, params, env_manager: str, batch_size: int):
+def _predict(query, first: sp.csr_matrix, info, genes, params, env_manager: str, batch_size: int):
     """Read, check and align the query a block of cells at a time and run the model on each block
-    (in this process), or on all aligned blocks at once in the model's own environment.
+    (in this process), or on all aligned blocks at once in the model's own environment. ``first``: the
+    first block, already read and checked.
 
     Returns the model's output (one row per cell), the :class:`runner.query.Cells` found, and where it ran.
     """
@@ -238,7 +239,7 @@ def _predict(query, info, genes, params, env_manager: str, batch_size: int):
     model = load_pyfunc(info) if manager == "local" else None
     outputs, totals, in_model = [], [], []
     n_blocks = -(-query.n_obs // batch_size)
-    blocks = _aligned_blocks(query, genes.alignment, batch_size)
+    blocks = _aligned_blocks(query, first, genes.alignment, batch_size)
     for total, total_in_model, aligned in tqdm(
         blocks, total=n_blocks, desc="annotate", unit="batch", disable=n_blocks < 2
     ):
@@ -255,13 +256,18 @@ def _predict(query, info, genes, params, env_manager: str, batch_size: int):
     return predict_in_env(python, info, sp.vstack(outputs, format="csr"), params, batch_size), cells, environment
 
 
-def _aligned_blocks(query, alignment, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, sp.csr_matrix]]:
+def _aligned_blocks(
+    query, first: sp.csr_matrix, alignment, batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, sp.csr_matrix]]:
     """Each block of cells read, checked for counts and aligned to the model's genes: (each cell's total count,
-    its total over the model's genes, the aligned counts). The next block is prepared in a second thread while
-    the model runs on this one."""
+    its total over the model's genes, the aligned counts); ``first`` is the first block, already checked. The
+    next block is prepared in a second thread while the model runs on this one."""
 
     def prepare(start: int) -> tuple[np.ndarray, np.ndarray, sp.csr_matrix]:
-        counts = checked_counts(query.rows(start, start + batch_size), query.source, query.others)
+        if start == 0:
+            counts = first
+        else:
+            counts = checked_counts(query.rows(start, start + batch_size), query.source, query.others)
         aligned = alignment.apply(counts)
         return row_sums(counts), row_sums(aligned), aligned
 

@@ -133,10 +133,15 @@ def candidate_matrices(adata) -> list[tuple[str, sp.csr_matrix]]:
     return [(source, as_csr(x)) for source, x, _ in candidates(adata)]
 
 
-def find_counts(adata, layer: str | None = None) -> Counts:
-    """The raw counts of an in-memory AnnData (:func:`counts_source`), checked by :func:`checked_counts`."""
+def counts_matrix(adata, layer: str | None = None) -> tuple[str, object, pd.DataFrame]:
+    """Where the raw counts of an in-memory AnnData are (:func:`counts_source`): source, matrix, its var."""
     source = counts_source(layer, adata.layers, adata.raw is not None)
-    x, var = next((x, var) for s, x, var in candidates(adata) if s == source)
+    return next(found for found in candidates(adata) if found[0] == source)
+
+
+def find_counts(adata, layer: str | None = None) -> Counts:
+    """The raw counts of an in-memory AnnData (:func:`counts_matrix`), checked by :func:`checked_counts`."""
+    source, x, var = counts_matrix(adata, layer)
     matrix = checked_counts(as_csr(x), source, lambda: candidate_matrices(adata))
     logger.info("counts from %s: %d cells x %d genes", source, *matrix.shape)
     return Counts(matrix, var, source)

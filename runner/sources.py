@@ -17,7 +17,7 @@ from pathlib import Path
 import scipy.sparse as sp
 
 from runner.errors import InputError, UsageError
-from runner.query import as_csr, candidate_matrices, candidates, counts_source
+from runner.query import as_csr, candidate_matrices, counts_matrix, counts_source
 from runner.readers import H5AD, READ_ERRORS, InputDescription, ReadOptions, detect_format, read_input
 from runner.write import streamed_output, write_h5ad_atomic
 
@@ -34,8 +34,7 @@ class MemoryQuery:
 
     def __init__(self, adata, found: InputDescription, counts_layer: str | None):
         self.adata, self.found = adata, found
-        self.source = counts_source(counts_layer, adata.layers, adata.raw is not None)
-        x, self.var = next((x, var) for s, x, var in candidates(adata) if s == self.source)
+        self.source, x, self.var = counts_matrix(adata, counts_layer)
         self.matrix = as_csr(x)
         self.obs_names = adata.obs_names
         self.n_obs = adata.n_obs
