@@ -50,7 +50,8 @@ QUICK_EPOCHS = (1, 5)
 CELLTYPIST_MODEL = "celltypist-soupx-pbmc-top300-v1.pkl"
 GPU_MODELS = ("pbmc-scanvi", "pbmc-xgboost")  # zoo models of the families that take --device cuda
 GB = 1e9
-STREAMED, READ_WHOLE = "read floor: X streamed in chunks", "read floor: anndata.read_h5ad"
+FLOOR = "read floor: X into reused buffers (h5py)"
+STREAMED, READ_WHOLE = "read: X streamed by anndata (backed)", "read: anndata.read_h5ad"
 CELLZOO, CELLTYPIST = "cellzoo annotate -m pbmc", "CellTypist"
 POLL_SECONDS = 0.1
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -225,6 +226,7 @@ def scale_runs(args: argparse.Namespace) -> dict[int, dict[str, Measurement | st
     """For each size, each tool's measurement (or why it was skipped), keyed by tool."""
     tools: dict[str, object] = {}
     if "read" in args.parts:
+        tools[FLOOR] = lambda path, out: task("raw", path)
         tools[STREAMED] = lambda path, out: task("stream", path)
         tools[READ_WHOLE] = lambda path, out: task("read", path)
     if "cellzoo" in args.parts:
@@ -282,6 +284,9 @@ def scale_section(results: dict[int, dict[str, Measurement | str]], docs_dir: Pa
     return "\n\n".join(
         [
             "## Synthetic queries: cellzoo, CellTypist and the read floor",
+            "The read floor reads every stored value of X (`data` and `indices`) 10,000 cells at a time with h5py "
+            "into one pair of buffers it reuses: the least a program must do to see the matrix. anndata's backed "
+            "reader and `read_h5ad` (what an in-memory tool does first) are shown beside it.",
             table,
             "Ratios (throughput: cellzoo cells/s over CellTypist's; time: cellzoo's over the read floor's):",
             ratios,
@@ -296,21 +301,30 @@ def scale_ratios(results: dict[int, dict[str, Measurement | str]]) -> tuple[str,
     rows, speedups, floor_ratios = [], {}, {}
     for n_cells, tools in results.items():
         ours, theirs = finished(tools.get(CELLZOO)), finished(tools.get(CELLTYPIST))
-        floor, whole = finished(tools.get(STREAMED)), finished(tools.get(READ_WHOLE))
+        floor, streamed = finished(tools.get(FLOOR)), finished(tools.get(STREAMED))
+        whole = finished(tools.get(READ_WHOLE))
         if ours and theirs:
             speedups[n_cells] = theirs.seconds / ours.seconds
         if ours and floor:
             floor_ratios[n_cells] = ours.seconds / floor.seconds
+        vs_streamed = f"{ours.seconds / streamed.seconds:.2f}" if ours and streamed else ""
         vs_whole = f"{ours.seconds / whole.seconds:.2f}" if ours and whole else ""
         rows.append(
             [
                 f"{n_cells:,}",
                 f"{speedups[n_cells]:.2f}" if n_cells in speedups else "",
                 f"{floor_ratios[n_cells]:.2f}" if n_cells in floor_ratios else "",
+                vs_streamed,
                 vs_whole,
             ]
         )
-    header = ["cells", "cellzoo / CellTypist (throughput)", "cellzoo / streamed read (time)", "cellzoo / read_h5ad"]
+    header = [
+        "cells",
+        "cellzoo / CellTypist (throughput)",
+        "cellzoo / read floor (time)",
+        "cellzoo / anndata streamed read",
+        "cellzoo / read_h5ad",
+    ]
     largest = max(results)
     ours_largest = results[largest].get(CELLZOO)
     rss = ours_largest.peak_rss / GB if isinstance(ours_largest, Measurement) else None
@@ -322,7 +336,7 @@ def scale_ratios(results: dict[int, dict[str, Measurement | str]]) -> tuple[str,
             all(v >= GOAL_SPEEDUP for v in speedups.values()) if speedups else None,
         ),
         goal_row(
-            f"cellzoo time <= {GOAL_FLOOR_RATIO:g}x the streamed read floor (every size)",
+            f"cellzoo time <= {GOAL_FLOOR_RATIO:g}x the read floor (every size)",
             ", ".join(f"{v:.2f}x" for v in floor_ratios.values()),
             all(v <= GOAL_FLOOR_RATIO for v in floor_ratios.values()) if floor_ratios else None,
         ),

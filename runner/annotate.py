@@ -23,6 +23,7 @@ from runner.query import check_cells, check_genes, checked_counts, row_sums
 from runner.readers import ReadOptions
 from runner.resolve import resolve_model_ref
 from runner.sources import open_query
+from runner.tuning import model_threads
 from runner.write import (
     check_keys_free,
     check_table_path,
@@ -240,12 +241,13 @@ def _predict(query, first: sp.csr_matrix, info, genes, params, env_manager: str,
     outputs, totals, in_model = [], [], []
     n_blocks = -(-query.n_obs // batch_size)
     blocks = _aligned_blocks(query, first, genes.alignment, batch_size)
-    for total, total_in_model, aligned in tqdm(
-        blocks, total=n_blocks, desc="annotate", unit="batch", disable=n_blocks < 2
-    ):
-        totals.append(total)
-        in_model.append(total_in_model)
-        outputs.append(predict_batch(model, aligned, params) if model is not None else aligned)
+    with model_threads():
+        for total, total_in_model, aligned in tqdm(
+            blocks, total=n_blocks, desc="annotate", unit="batch", disable=n_blocks < 2
+        ):
+            totals.append(total)
+            in_model.append(total_in_model)
+            outputs.append(predict_batch(model, aligned, params) if model is not None else aligned)
     cells = check_cells(np.concatenate(totals), np.concatenate(in_model), query.obs_names)
     for line in cells.warnings() + genes.warnings:
         logger.warning(line)

@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 
 from runner.errors import CellzooError
+from runner.tuning import one_shot_process
 
 annotate_app = typer.Typer(
     add_completion=False,
@@ -77,19 +78,6 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     if quiet:
         os.environ.setdefault("TQDM_DISABLE", "1")
-
-
-def _few_garbage_collections() -> None:
-    """Python's cyclic garbage collector tuned for a command that imports much and runs once: a young
-    collection every 100,000 allocations instead of 700 (the imports of MLflow, scikit-learn and anndata
-    set off hundreds of them), and none of the long-lived objects scanned again at exit. Cycles are still
-    collected. Measured: a 559-cell run 3.8 -> 2.7 s, 300,000 cells 12-16 -> 11 s, the same peak memory."""
-    import atexit
-    import gc
-
-    gc.set_threshold(100_000, 50, 100)
-    atexit.unregister(gc.freeze)  # once, however many commands run in this process
-    atexit.register(gc.freeze)
 
 
 def _fail(err: CellzooError) -> typer.Exit:
@@ -170,7 +158,7 @@ def annotate(
     quiet: Quiet = False,
 ) -> None:
     """Annotate INPUT with MODEL and write predictions, uncertainties, probabilities, embedding and UMAP."""
-    _few_garbage_collections()
+    one_shot_process()
     _setup_logging(verbose, quiet)
     from runner.annotate import annotate as run_annotate
     from runner.readers import ReadOptions
@@ -222,7 +210,7 @@ def inspect(
     verbose: Verbose = False,
 ) -> None:
     """Say what INPUT holds and what the checks find, and print the `annotate` command that works. Writes nothing."""
-    _few_garbage_collections()
+    one_shot_process()
     _setup_logging(verbose, quiet=not verbose)
     from runner.describe import inspect_input
     from runner.readers import ReadOptions

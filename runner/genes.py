@@ -164,7 +164,8 @@ class Alignment:
 
     def apply(self, counts: sp.csr_matrix) -> sp.csr_matrix:
         """``counts`` (cells x query genes) as cells x model genes: ``counts @ matrix``, computed as a column
-        selection (several times faster) unless query genes share a model gene and are summed."""
+        selection (several times faster) unless query genes share a model gene and are summed. Always new
+        arrays: a streamed query's reader reuses the buffers of ``counts`` (:class:`runner.sources.CsrRows`)."""
         if self.n_duplicates:
             return sp.csr_matrix(counts @ self.matrix)
         query_gene, model_gene = self._selection

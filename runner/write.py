@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,7 +12,7 @@ import pandas as pd
 
 from runner import keys
 from runner.errors import OutputError, UsageError
-from runner.files import atomic_path
+from runner.files import atomic_path, copy_file
 from runner.keys import ResultKeys
 
 TABLE_SEPARATORS = {".csv": ",", ".tsv": "\t", ".parquet": ""}  # '' : parquet
@@ -138,7 +137,7 @@ def streamed_output(input_path: Path, path: Path) -> Iterator[Callable]:
     ``results.obs`` and writes every entry of ``results.obsm`` and ``results.uns`` into it. The file is
     renamed into place when the block succeeds, removed otherwise."""
     with _atomic_path(path) as tmp, ThreadPoolExecutor(max_workers=1) as pool:
-        copied = pool.submit(shutil.copyfile, input_path, tmp)
+        copied = pool.submit(copy_file, input_path, tmp)
         yield lambda results: _write_into(copied.result(), results)
         copied.result()
 

@@ -216,3 +216,16 @@ def test_inspect_names_the_counts_layer_and_writes_nothing(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "--counts-layer counts" in done.stdout and "log-transformed" in done.stdout
     assert sorted(tmp_path.iterdir()) == before
+
+
+def test_copy_file_is_byte_exact(tmp_path):
+    """The streamed output's copy of the input (written around the page cache): every byte, any size."""
+    from runner.files import COPY_CHUNK, copy_file
+
+    rng = np.random.default_rng(0)
+    for size in (0, 1, 4096, 4097, COPY_CHUNK + 1234):
+        source, target = tmp_path / f"in-{size}", tmp_path / f"out-{size}"
+        source.write_bytes(rng.bytes(size))
+        target.write_bytes(b"old contents, longer than some of the copies")
+        assert copy_file(source, target) == target
+        assert target.read_bytes() == source.read_bytes()

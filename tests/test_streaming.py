@@ -14,7 +14,7 @@ import scipy.sparse as sp
 
 from benchmarks.synthetic import write_synthetic
 from runner.invoke import read_model_info
-from runner.sources import h5ad_cells
+from runner.sources import StreamedH5ad, h5ad_cells
 from tests.conftest import data_file, run_cli, sha256, unpack_zoo_model
 
 KEY = "pbmc"
@@ -143,3 +143,23 @@ def test_streamed_overwrite_replaces_result_keys_and_table(tmp_path):
     table = pd.read_csv(table_path)
     assert (table["barcode"].to_numpy() == out.obs_names.to_numpy()).all()
     assert (table["label"].astype(str).to_numpy() == out.obs[f"{KEY}_predicted"].astype(str).to_numpy()).all()
+
+
+def test_streamed_blocks_are_the_stored_rows(tmp_path):
+    """The streamed reader reuses two buffers in turn: each block equals the stored rows, and the block
+    read before the latest one is still intact."""
+    rng = np.random.default_rng(1)
+    matrix = sp.random(2_500, 300, density=0.05, format="csr", random_state=rng, dtype=np.float32)
+    matrix.data = np.ceil(matrix.data * 20)
+    ad.AnnData(matrix).write_h5ad(tmp_path / "q.h5ad")
+    query = StreamedH5ad(tmp_path / "q.h5ad", None)
+    try:
+        previous = None
+        for start in range(0, 2_500, 700):
+            block = query.rows(start, start + 700)
+            assert (block != matrix[start : start + 700]).nnz == 0
+            if previous is not None:
+                assert (previous != matrix[start - 700 : start]).nnz == 0
+            previous = block
+    finally:
+        query.close()
