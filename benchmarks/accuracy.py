@@ -29,7 +29,6 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import anndata as ad
@@ -38,6 +37,9 @@ import pandas as pd
 import scipy.sparse as sp
 import yaml
 
+if not __package__:  # run as a script (python benchmarks/accuracy.py): make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.report import markdown_table, package_version
 from model_zoo import build
 from model_zoo.metrics import expected_calibration_error, ontology_macro_f1, ontology_match
 from runner.annotate import annotate
@@ -54,6 +56,7 @@ THRESHOLD = 0.5  # uncertainty above which a cell is flagged: the runner's defau
 SEED = 0
 KEY = "zoo"  # --key-added of the cellzoo runs
 N_BINS = 10  # of the ECE and the reliability plot
+SKIPPED = "(not installed: its rows are skipped)"  # a peer's version when it is missing
 COLLAPSED = 0.9  # a method that gives this share of a query's cells one label is pointed out in the fragment
 # feature selection as the linear family. use_SGD: celltypist 1.7.1's default LogisticRegression passes
 # multi_class='ovr', which the installed scikit-learn no longer accepts; its SGD logistic regression (also
@@ -455,11 +458,6 @@ def fmt(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)])
-
-
 def accuracy_table(results: Results) -> str:
     header = ["query", "method", "ontology acc.", "acc. on assigned", "exact acc.", "macro-F1", "ECE", "Unassigned"]
     header += ["genes in query", "train s", "annotate s"]
@@ -601,12 +599,7 @@ def plot(results: Results, out: Path) -> list[str]:
 
 def environment() -> dict[str, str]:
     packages = ["cellzoo", "celltypist", "scanpy", "scvi-tools", "xgboost", "torch", "scikit-learn", "anndata"]
-    versions = {}
-    for name in [*packages, "mlflow"]:
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = "not installed"
+    versions = {name: package_version(name) for name in [*packages, "mlflow"]}
     try:
         git = ["git", "-C", str(ROOT)]
         commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
@@ -651,11 +644,11 @@ GENCODE table, as `annotate` does), CellBench Drop-seq and CEL-seq2 3-line mixtu
   with each recipe's parameters and the family set in a copy of the recipe; annotated by
   `runner.annotate.annotate` (`annotate`, in-process, `--unassigned-threshold {THRESHOLD}`). Confidence:
   1 - the reported uncertainty.
-- **CellTypist** {version_or_missing("celltypist")}: `celltypist.train` on log1p CP10k of the reference's
+- **CellTypist** {package_version("celltypist", SKIPPED)}: `celltypist.train` on log1p CP10k of the reference's
   detected genes with `feature_selection=True, top_genes=300` (as the linear family), `use_SGD=True`,
   `random_state=0`, otherwise defaults (scaled input, `alpha=1e-4`). `use_SGD=True` because celltypist
   1.7.1's default `LogisticRegression(multi_class="ovr")` fails with scikit-learn
-  {version_or_missing("scikit-learn")}, which no longer accepts `multi_class`; its SGD logistic regression is
+  {package_version("scikit-learn", SKIPPED)}, which no longer accepts `multi_class`; its SGD logistic regression is
   also one-vs-rest, the mode CellTypist offers for large references. `celltypist.annotate` on log1p CP10k of
   the query in `best match` mode, one call with `majority_voting=True` (its own over-clustering): the
   `predicted_labels` column is the run without voting, `majority_voting` the run with it. Confidence:
@@ -719,13 +712,6 @@ GENCODE table, as `annotate` does), CellBench Drop-seq and CEL-seq2 3-line mixtu
 ### Reproduce
     {command}
 """
-
-
-def version_or_missing(package: str) -> str:
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "(not installed: its rows are skipped)"
 
 
 def main(argv: list[str] | None = None) -> str:

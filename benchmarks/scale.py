@@ -28,12 +28,12 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from importlib.util import find_spec
 from pathlib import Path
 
 if not __package__:  # run as a script (python benchmarks/scale.py): make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.report import markdown_table, package_version
 from benchmarks.synthetic import cached_synthetic, default_data_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,12 +188,6 @@ def median_seconds(command: list[str], repeats: int) -> float:
         if done.returncode != 0:
             raise RuntimeError(f"{shlex.join(command)} failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
     return statistics.median(times)
-
-
-def markdown_table(header: list[str], rows: list[list[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def goal_row(goal: str, value: str, met: bool | None) -> list[str]:
@@ -514,12 +508,8 @@ def gpu_section(args: argparse.Namespace) -> str:
 
 def machine_and_versions(args: argparse.Namespace) -> str:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB
-    versions = []
-    for package in ("cellzoo", "celltypist", "scanpy", "anndata", "h5py", "numpy", "torch", "scvi-tools", "mlflow"):
-        try:
-            versions.append(f"{package} {metadata.version(package)}")
-        except metadata.PackageNotFoundError:
-            versions.append(f"{package} (not installed)")
+    packages = ("cellzoo", "celltypist", "scanpy", "anndata", "h5py", "numpy", "torch", "scvi-tools", "mlflow")
+    versions = [f"{package} {package_version(package, '(not installed)')}" for package in packages]
     settings = {**args.settings, "sizes": ", ".join(f"{n:,}" for n in args.sizes), "seed": args.seed}
     settings |= {"runs per tool and size": f"{args.repeats} (median wall time, largest peak RSS)"}
     settings |= {"memory guard": f"{args.mem_limit_gb:g} GB", "scanvi query epochs": ", ".join(map(str, args.epochs))}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +36,10 @@ def raw(path: str) -> None:
     with h5py.File(path, "r") as f:
         indptr, data, indices = f["X/indptr"][()], f["X/data"], f["X/indices"]
         n_cells, total = len(indptr) - 1, 0.0
-        most = int(max(indptr[min(s + STREAM_CELLS, n_cells)] - indptr[s] for s in range(0, n_cells, STREAM_CELLS)))
+        chunks = list(pairwise(int(v) for v in indptr[[*range(0, n_cells, STREAM_CELLS), n_cells]]))
+        most = max(last - first for first, last in chunks)  # stored values in the largest chunk
         values, columns = np.empty(most, data.dtype), np.empty(most, indices.dtype)
-        for start in range(0, n_cells, STREAM_CELLS):
-            first, last = int(indptr[start]), int(indptr[min(start + STREAM_CELLS, n_cells)])
+        for first, last in chunks:
             if last > first:
                 data.read_direct(values, np.s_[first:last], np.s_[: last - first])
                 indices.read_direct(columns, np.s_[first:last], np.s_[: last - first])

@@ -44,7 +44,7 @@ def copy_file(source: Path, target: Path) -> Path:
     A copy through the page cache has the kernel allocate and fill a page for every 4 kB written; for the
     multi-GB copy of a streamed query (:func:`runner.write.streamed_output`) that took a core for several
     seconds, beside the model. Measured on this ext4 disk, 2.3 GB: 4.7 s of kernel time through the page
-    cache, 1.5 s direct (docs/design.md).
+    cache, 2.3 s with this copy (docs/design.md).
     """
     if not hasattr(os, "O_DIRECT"):  # not on Linux
         return Path(shutil.copyfile(source, target))
