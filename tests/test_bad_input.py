@@ -91,7 +91,7 @@ def test_unknown_model_lists_names_and_closest(example_copy):
     done = run_cli("annotate", str(example_copy), "-m", "pbcm")
     assert done.returncode == 2 and "unknown model 'pbcm'" in done.stderr and "Did you mean 'pbmc'" in done.stderr
     version = run_cli("annotate", str(example_copy), "-m", "pbmc@9.9")
-    assert version.returncode == 2 and "versions: 1.0.0, 1.1.0" in version.stderr
+    assert version.returncode == 2 and "versions: 1.0.0, 1.1.0, 1.2.0" in version.stderr
 
 
 def test_duplicate_gene_names_are_summed_with_a_warning(example_copy, tmp_path):

@@ -19,9 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-import scipy.optimize
 import scipy.sparse as sp
-from sklearn.linear_model import LogisticRegression
 
 TARGET_SUM = 1e4  # counts per cell after normalisation (CP10k), as CellTypist and scanpy use
 
@@ -93,8 +91,10 @@ def log_normalise(counts: sp.csr_matrix, library_size: np.ndarray, dtype=np.floa
     return out
 
 
-def fit_logistic(x: sp.csr_matrix, y: np.ndarray, *, c: float, seed: int) -> LogisticRegression:
+def fit_logistic(x: sp.csr_matrix, y: np.ndarray, *, c: float, seed: int):
     """Multinomial L2 logistic regression (lbfgs), as CellTypist trains on modest references."""
+    from sklearn.linear_model import LogisticRegression  # training only: prediction needs no scikit-learn
+
     return LogisticRegression(C=c, max_iter=3000, random_state=seed).fit(x, y)
 
 
@@ -112,6 +112,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def fit_temperature(logits: np.ndarray, y_index: np.ndarray) -> float:
     """Temperature T > 0 minimising the negative log-likelihood of softmax(logits / T) on held-out cells."""
+    import scipy.optimize  # training only
 
     def nll(log_t: float) -> float:
         p = softmax(logits / np.exp(log_t))
@@ -171,15 +172,6 @@ def impute_missing(log_expr: np.ndarray, latent: np.ndarray, present: np.ndarray
     return out
 
 
-def knn_umap(latent: np.ndarray, weights: PcaSpace, index, n_neighbors: int) -> np.ndarray:
-    """Project query cells onto the reference UMAP: inverse-distance-weighted mean of neighbours."""
-    # in the index's precision (float64): scikit-learn's fast k-nearest search needs both alike (5x slower else)
-    dist, idx = index.kneighbors(latent.astype(np.float64), n_neighbors=n_neighbors)
-    w = 1.0 / np.maximum(dist, 1e-6)
-    w /= w.sum(axis=1, keepdims=True)
-    return np.einsum("nk,nkd->nd", w, weights.reference_umap[idx])
-
-
 def embed(counts: sp.csr_matrix, present: np.ndarray, space: PcaSpace) -> tuple[np.ndarray, np.ndarray]:
     """log1p(CP10k) expression (dense, n x G) and PCA coordinates (n x P) of raw counts in model gene order,
     in float32 (half the memory traffic of float64; probabilities agree within 1e-5)."""
@@ -188,10 +180,11 @@ def embed(counts: sp.csr_matrix, present: np.ndarray, space: PcaSpace) -> tuple[
     return log_expr, project(log_expr, present, space)
 
 
-def predict_arrays(counts: sp.csr_matrix, present: np.ndarray, weights: LinearWeights, index, n_neighbors: int):
-    """Probabilities (n x K), PCA embedding (n x P) and UMAP (n x 2) for raw counts in model gene order."""
+def predict_arrays(counts: sp.csr_matrix, present: np.ndarray, weights: LinearWeights, placement):
+    """Probabilities (n x K), PCA embedding (n x P) and UMAP (n x 2, by ``placement``, a
+    :class:`model_zoo.placement.UmapPlacement`) for raw counts in model gene order."""
     log_expr, latent = embed(counts, present, weights)
     full = impute_missing(log_expr, latent, present, weights)
     logits = (full @ weights.coef.T.astype(full.dtype)).astype(np.float64) + weights.intercept
     probs = softmax(logits / weights.temperature)
-    return probs, latent, knn_umap(latent, weights, index, n_neighbors)
+    return probs, latent, placement(latent)

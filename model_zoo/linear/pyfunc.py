@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
-from sklearn.neighbors import NearestNeighbors
 
 from model_zoo import contract
 from model_zoo.linear import compute
+from model_zoo.placement import UmapPlacement
 from model_zoo.pyfunc_io import load_arrays, load_ontology_ids, save_family_model
 
 UMAP_NEIGHBORS = 15
@@ -28,11 +28,11 @@ class LinearAnnotator(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.weights = compute.LinearWeights.from_arrays(load_arrays(context))
         self.ontology_ids = load_ontology_ids(context)
-        self.index = NearestNeighbors().fit(self.weights.reference_latent)
+        self.placement = UmapPlacement(self.weights.reference_latent, self.weights.reference_umap, UMAP_NEIGHBORS)
 
     def predict(self, context, model_input, params: dict | None = None):
         counts, present = contract.as_model_matrix(model_input, self.weights.genes, params)
-        probs, latent, umap = compute.predict_arrays(counts, present, self.weights, self.index, UMAP_NEIGHBORS)
+        probs, latent, umap = compute.predict_arrays(counts, present, self.weights, self.placement)
         return contract.output_frame(self.weights.classes, probs, self.ontology_ids, latent, umap)
 
 

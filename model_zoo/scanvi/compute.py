@@ -68,16 +68,18 @@ def fill_missing(counts: np.ndarray, present: np.ndarray, expression: np.ndarray
     return out
 
 
-def select_genes(counts: sp.csr_matrix, highly_variable: np.ndarray, min_detection: float) -> np.ndarray:
+def select_genes(counts: sp.csr_matrix, highly_variable: np.ndarray, min_detection: float | None) -> np.ndarray:
     """Indices of the model's genes: the highly variable ones, and every gene detected in at least
-    ``min_detection`` of the reference cells.
+    ``min_detection`` of the reference cells (``None``: the highly variable genes alone).
 
     HVGs alone miss the well-expressed genes that pre-filtered query panels keep (Kang 2018: 346 of its
     1,267 genes among 2,000 HVGs of the SoupX PBMC reference), and a gene the query lacks is read as
     zero by the scArches surgery.
     """
-    detected = np.asarray((counts > 0).mean(axis=0)).ravel() >= min_detection
-    return np.flatnonzero(detected | np.asarray(highly_variable, dtype=bool))
+    chosen = np.asarray(highly_variable, dtype=bool).copy()
+    if min_detection is not None:
+        chosen |= np.asarray((counts > 0).mean(axis=0)).ravel() >= min_detection
+    return np.flatnonzero(chosen)
 
 
 def vote_weights(distances: np.ndarray) -> np.ndarray:

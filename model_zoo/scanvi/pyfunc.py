@@ -10,10 +10,9 @@ import tempfile
 from pathlib import Path
 
 import mlflow
-from sklearn.neighbors import NearestNeighbors
 
 from model_zoo import contract
-from model_zoo.linear.compute import knn_umap
+from model_zoo.placement import NearestReference, UmapPlacement
 from model_zoo.pyfunc_io import load_arrays, load_ontology_ids, save_family_model
 from model_zoo.scanvi import compute, scvi_model
 
@@ -32,7 +31,8 @@ class ScanviAnnotator(mlflow.pyfunc.PythonModel):
         self.weights = compute.ScanviWeights.from_arrays(load_arrays(context))
         self.model_dir = Path(context.artifacts[SCVI_MODEL])
         self.ontology_ids = load_ontology_ids(context)
-        self.index = NearestNeighbors(n_neighbors=self.weights.n_neighbors).fit(self.weights.reference_latent)
+        self.transfer = NearestReference(self.weights.reference_latent, self.weights.n_neighbors)
+        self.placement = UmapPlacement(self.weights.reference_latent, self.weights.reference_umap, UMAP_NEIGHBORS)
 
     def predict(self, context, model_input, params: dict | None = None):
         params = params or {}
@@ -46,9 +46,9 @@ class ScanviAnnotator(mlflow.pyfunc.PythonModel):
             device=str(params.get(DEVICE) or "cpu"),
             seed=int(params.get(SEED) or 0),
         )
-        distances, neighbours = self.index.kneighbors(latent)
+        distances, neighbours = self.transfer.neighbours(latent)
         probs = compute.transfer_labels(distances, neighbours, self.weights.reference_label, len(self.weights.classes))
-        umap = knn_umap(latent, self.weights, self.index, UMAP_NEIGHBORS)
+        umap = self.placement(latent)
         return contract.output_frame(self.weights.classes, probs, self.ontology_ids, latent, umap)
 
 

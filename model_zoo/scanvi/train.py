@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 from sklearn.model_selection import train_test_split
-from sklearn.neighbors import NearestNeighbors
 
 from model_zoo.metrics import classification_report
+from model_zoo.placement import NearestReference
 from model_zoo.pyfunc_io import Trained
 from model_zoo.scanvi import compute, scvi_model
 
@@ -32,7 +32,8 @@ DEFAULTS = {
     # genes: Seurat v3 highly variable genes (per batch when the reference has several), plus every gene
     # detected in at least min_detection of the reference cells. Measured on Kang 2018 (pbmc-scanvi):
     # 2000 HVGs + detected in 10% (5059 genes, 1093 in Kang) 0.74-0.76; detected in 30% (995 genes) 0.77,
-    # 0.81 with the missing genes filled (compute.fill_missing).
+    # 0.81 with the missing genes filled (compute.fill_missing). min_detection None: the HVGs alone (the
+    # lung-cell-lines recipe: deep plates, where 30% detection keeps thousands of ubiquitous genes).
     "n_hvg": 0,
     "min_detection": 0.3,
     "n_latent": 10,
@@ -94,12 +95,9 @@ def train(
     )
     kept = compute.select_genes(counts, hvg, params["min_detection"])
     counts, genes = counts[:, kept], np.asarray(genes)[kept].astype(str)
-    logger.info(
-        "scanvi: %d genes (%d highly variable, rest detected in >= %s of cells)",
-        len(kept),
-        hvg.sum(),
-        params["min_detection"],
-    )
+    floor = params["min_detection"]
+    rest = "no detection floor" if floor is None else f"the rest detected in >= {floor} of cells"
+    logger.info("scanvi: %d genes (%d highly variable, %s)", len(kept), hvg.sum(), rest)
 
     train_idx, test_idx = train_test_split(
         np.arange(len(labels)), test_size=params["test_fraction"], stratify=labels, random_state=params["seed"]
@@ -114,8 +112,8 @@ def train(
     )
     test_latent = scvi_model.latent(model, held)
     reference_label = np.searchsorted(classes, labels[train_idx])
-    index = NearestNeighbors(n_neighbors=min(params["n_neighbors"], len(train_idx))).fit(reference_latent)
-    distances, neighbours = index.kneighbors(test_latent)
+    index = NearestReference(reference_latent, params["n_neighbors"])  # as the pyfunc searches
+    distances, neighbours = index.neighbours(test_latent)
     probs = compute.transfer_labels(distances, neighbours, reference_label, len(classes))
     embedding = umap.UMAP(n_neighbors=params["umap_neighbors"], random_state=params["seed"]).fit_transform(
         reference_latent
@@ -126,7 +124,7 @@ def train(
         reference_latent=reference_latent.astype(np.float32),
         reference_label=reference_label,
         reference_umap=np.asarray(embedding, dtype=np.float32),
-        n_neighbors=index.n_neighbors,
+        n_neighbors=index.k,
         query_epochs=params["query_epochs"],
         count_share=np.asarray(counts.sum(axis=0)).ravel() / counts.sum(),
         median_total=float(np.median(np.asarray(counts.sum(axis=1)).ravel())),

@@ -119,9 +119,10 @@ def margins(booster: xgb.Booster, latent: np.ndarray) -> np.ndarray:
 
 
 def predict_arrays(
-    counts: sp.csr_matrix, present: np.ndarray, weights: XGBoostWeights, booster: xgb.Booster, index, n_neighbors: int
+    counts: sp.csr_matrix, present: np.ndarray, weights: XGBoostWeights, booster: xgb.Booster, placement
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Probabilities (n x K), PCA embedding (n x P) and UMAP (n x 2) for raw counts in model gene order."""
+    """Probabilities (n x K), PCA embedding (n x P) and UMAP (n x 2, by ``placement``, a
+    :class:`model_zoo.placement.UmapPlacement`) for raw counts in model gene order."""
     _, latent = linear.embed(counts, present, weights)
     probs = linear.softmax(margins(booster, latent) / weights.temperature)
-    return probs, latent, linear.knn_umap(latent, weights, index, n_neighbors)
+    return probs, latent, placement(latent)

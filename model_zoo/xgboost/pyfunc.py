@@ -11,9 +11,9 @@ from pathlib import Path
 
 import mlflow
 import xgboost as xgb
-from sklearn.neighbors import NearestNeighbors
 
 from model_zoo import contract
+from model_zoo.placement import UmapPlacement
 from model_zoo.pyfunc_io import load_arrays, load_ontology_ids, save_family_model
 from model_zoo.xgboost import compute
 
@@ -31,14 +31,12 @@ class XGBoostAnnotator(mlflow.pyfunc.PythonModel):
         self.weights = compute.XGBoostWeights.from_arrays(load_arrays(context))
         self.booster = xgb.Booster(model_file=context.artifacts[BOOSTER])
         self.ontology_ids = load_ontology_ids(context)
-        self.index = NearestNeighbors().fit(self.weights.reference_latent)
+        self.placement = UmapPlacement(self.weights.reference_latent, self.weights.reference_umap, UMAP_NEIGHBORS)
 
     def predict(self, context, model_input, params: dict | None = None):
         counts, present = contract.as_model_matrix(model_input, self.weights.genes, params)
         self.booster.set_param({"device": (params or {}).get(DEVICE) or "cpu"})
-        probs, latent, umap = compute.predict_arrays(
-            counts, present, self.weights, self.booster, self.index, UMAP_NEIGHBORS
-        )
+        probs, latent, umap = compute.predict_arrays(counts, present, self.weights, self.booster, self.placement)
         return contract.output_frame(self.weights.classes, probs, self.ontology_ids, latent, umap)
 
 
