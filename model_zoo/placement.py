@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+UMAP_NEIGHBORS = 15  # reference cells a query cell's UMAP position is the weighted mean of (every family)
 BLOCK = 16  # reference cells per block (8-32 measured alike; 16 the fastest)
 CHUNK = 1000  # query cells per distance matrix (1000 x 2150 float32: 9 MB, within the cache)
 
@@ -66,16 +67,21 @@ class NearestReference:
         return distances, indices
 
 
-class UmapPlacement(NearestReference):
-    """Query cells placed on the reference UMAP by their k nearest reference cells (``__call__``)."""
+def place_on_umap(reference_umap: np.ndarray, distances: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """UMAP coordinates (n x 2) of query cells: the inverse-distance-weighted mean of the UMAP positions of
+    their nearest reference cells (``distances`` and ``indices`` as :meth:`NearestReference.neighbours` gives)."""
+    weights = 1.0 / np.maximum(np.asarray(distances, dtype=np.float64), 1e-6)
+    weights /= weights.sum(axis=1, keepdims=True)
+    return np.einsum("nk,nkd->nd", weights, np.asarray(reference_umap, dtype=np.float64)[indices])
 
-    def __init__(self, reference_latent: np.ndarray, reference_umap: np.ndarray, n_neighbors: int):
+
+class UmapPlacement(NearestReference):
+    """Query cells placed on the reference UMAP by their ``n_neighbors`` nearest reference cells (``__call__``)."""
+
+    def __init__(self, reference_latent: np.ndarray, reference_umap: np.ndarray, n_neighbors: int = UMAP_NEIGHBORS):
         super().__init__(reference_latent, n_neighbors)
-        self.umap = np.asarray(reference_umap, dtype=np.float64)
+        self.umap = reference_umap
 
     def __call__(self, latent: np.ndarray) -> np.ndarray:
-        """UMAP coordinates (n x 2) of query cells: inverse-distance-weighted mean of their neighbours'."""
-        distances, indices = self.neighbours(latent)
-        weights = 1.0 / np.maximum(distances.astype(np.float64), 1e-6)
-        weights /= weights.sum(axis=1, keepdims=True)
-        return np.einsum("nk,nkd->nd", weights, self.umap[indices])
+        """UMAP coordinates (n x 2) of query cells (:func:`place_on_umap`)."""
+        return place_on_umap(self.umap, *self.neighbours(latent))

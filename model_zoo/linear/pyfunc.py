@@ -15,7 +15,6 @@ from model_zoo.linear import compute
 from model_zoo.placement import UmapPlacement
 from model_zoo.pyfunc_io import load_arrays, load_ontology_ids, save_family_model
 
-UMAP_NEIGHBORS = 15
 FAMILY_DIR = Path(__file__).parent
 
 
@@ -28,7 +27,7 @@ class LinearAnnotator(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.weights = compute.LinearWeights.from_arrays(load_arrays(context))
         self.ontology_ids = load_ontology_ids(context)
-        self.placement = UmapPlacement(self.weights.reference_latent, self.weights.reference_umap, UMAP_NEIGHBORS)
+        self.placement = UmapPlacement(self.weights.reference_latent, self.weights.reference_umap)
 
     def predict(self, context, model_input, params: dict | None = None):
         counts, present = contract.as_model_matrix(model_input, self.weights.genes, params)

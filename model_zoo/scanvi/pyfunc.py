@@ -12,11 +12,10 @@ from pathlib import Path
 import mlflow
 
 from model_zoo import contract
-from model_zoo.placement import NearestReference, UmapPlacement
+from model_zoo.placement import UMAP_NEIGHBORS, NearestReference, place_on_umap
 from model_zoo.pyfunc_io import load_arrays, load_ontology_ids, save_family_model
 from model_zoo.scanvi import compute, scvi_model
 
-UMAP_NEIGHBORS = 15
 FAMILY_DIR = Path(__file__).parent
 SCVI_MODEL = "scvi_model"
 # run options: device ('cpu' or 'cuda'), surgery epochs at most (0: the model's default), random seed
@@ -31,8 +30,9 @@ class ScanviAnnotator(mlflow.pyfunc.PythonModel):
         self.weights = compute.ScanviWeights.from_arrays(load_arrays(context))
         self.model_dir = Path(context.artifacts[SCVI_MODEL])
         self.ontology_ids = load_ontology_ids(context)
-        self.transfer = NearestReference(self.weights.reference_latent, self.weights.n_neighbors)
-        self.placement = UmapPlacement(self.weights.reference_latent, self.weights.reference_umap, UMAP_NEIGHBORS)
+        # one search serves both: the label transfer's k nearest and the UMAP placement's 15 nearest are the
+        # first columns of the same ascending neighbours
+        self.index = NearestReference(self.weights.reference_latent, max(self.weights.n_neighbors, UMAP_NEIGHBORS))
 
     def predict(self, context, model_input, params: dict | None = None):
         params = params or {}
@@ -46,9 +46,12 @@ class ScanviAnnotator(mlflow.pyfunc.PythonModel):
             device=str(params.get(DEVICE) or "cpu"),
             seed=int(params.get(SEED) or 0),
         )
-        distances, neighbours = self.transfer.neighbours(latent)
-        probs = compute.transfer_labels(distances, neighbours, self.weights.reference_label, len(self.weights.classes))
-        umap = self.placement(latent)
+        distances, neighbours = self.index.neighbours(latent)
+        k = self.weights.n_neighbors
+        probs = compute.transfer_labels(
+            distances[:, :k], neighbours[:, :k], self.weights.reference_label, len(self.weights.classes)
+        )
+        umap = place_on_umap(self.weights.reference_umap, distances[:, :UMAP_NEIGHBORS], neighbours[:, :UMAP_NEIGHBORS])
         return contract.output_frame(self.weights.classes, probs, self.ontology_ids, latent, umap)
 
 

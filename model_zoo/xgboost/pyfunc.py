@@ -17,7 +17,6 @@ from model_zoo.placement import UmapPlacement
 from model_zoo.pyfunc_io import load_arrays, load_ontology_ids, save_family_model
 from model_zoo.xgboost import compute
 
-UMAP_NEIGHBORS = 15
 FAMILY_DIR = Path(__file__).parent
 BOOSTER = "booster"
 DEVICE = "device"  # run option: 'cpu' (default) or 'cuda'
@@ -31,7 +30,7 @@ class XGBoostAnnotator(mlflow.pyfunc.PythonModel):
         self.weights = compute.XGBoostWeights.from_arrays(load_arrays(context))
         self.booster = xgb.Booster(model_file=context.artifacts[BOOSTER])
         self.ontology_ids = load_ontology_ids(context)
-        self.placement = UmapPlacement(self.weights.reference_latent, self.weights.reference_umap, UMAP_NEIGHBORS)
+        self.placement = UmapPlacement(self.weights.reference_latent, self.weights.reference_umap)
 
     def predict(self, context, model_input, params: dict | None = None):
         counts, present = contract.as_model_matrix(model_input, self.weights.genes, params)
