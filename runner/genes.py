@@ -156,22 +156,29 @@ class Alignment:
         return self.n_present / len(self.present)
 
     @cached_property
-    def _selection(self) -> tuple[np.ndarray, np.ndarray]:
-        """(query gene, model gene) of each match, in model gene order."""
+    def _model_column(self) -> np.ndarray:
+        """For each query gene, the model gene it is (-1: none); only when no two query genes share one."""
         query_gene, model_gene = self.matrix.nonzero()
-        order = np.argsort(model_gene, kind="stable")
-        return query_gene[order], model_gene[order]
+        column = np.full(self.matrix.shape[0], -1, dtype=np.int32)
+        column[query_gene] = model_gene
+        return column
 
     def apply(self, counts: sp.csr_matrix) -> sp.csr_matrix:
         """``counts`` (cells x query genes) as cells x model genes: ``counts @ matrix``, computed as a column
         selection (several times faster) unless query genes share a model gene and are summed. Always new
-        arrays: a streamed query's reader reuses the buffers of ``counts`` (:class:`runner.sources.CsrRows`)."""
+        arrays: a streamed query's reader reuses the buffers of ``counts`` (:class:`runner.sources.CsrRows`).
+
+        The selection looks each stored value's gene up in :attr:`_model_column` and keeps those of model
+        genes, in the order stored (a row's genes need not be sorted): 39 ms per 10,000 cells x 33,694
+        genes, against 52 ms for scipy's column indexing (docs/design.md)."""
         if self.n_duplicates:
             return sp.csr_matrix(counts @ self.matrix)
-        query_gene, model_gene = self._selection
-        picked = sp.csr_matrix(counts)[:, query_gene]
+        counts = sp.csr_matrix(counts)
+        column = self._model_column[counts.indices]
+        kept = np.flatnonzero(column >= 0)
+        indptr = np.searchsorted(kept, counts.indptr)  # kept values before each row's first
         return sp.csr_matrix(
-            (picked.data.astype(np.float32), model_gene[picked.indices], picked.indptr),
+            (counts.data[kept].astype(np.float32), column[kept], indptr),
             shape=(counts.shape[0], self.matrix.shape[1]),
         )
 

@@ -229,3 +229,28 @@ def test_copy_file_is_byte_exact(tmp_path):
         target.write_bytes(b"old contents, longer than some of the copies")
         assert copy_file(source, target) == target
         assert target.read_bytes() == source.read_bytes()
+
+
+def test_alignment_selects_the_model_genes_as_the_product_does():
+    """The aligned counts equal ``counts @ matrix`` on real counts: model genes in another order, some missing,
+    rows whose genes are stored unsorted, empty rows."""
+    from runner.genes import Alignment
+
+    kang = sp.csr_matrix(ad.read_h5ad(data_file("pbmc/kang2018_pbmc.h5ad")).X[:497], dtype=np.float32)
+    counts = sp.vstack([sp.csr_matrix((3, kang.shape[1]), dtype=np.float32), kang], format="csr")  # empty cells first
+    rng = np.random.default_rng(0)
+    for row in range(3, 500, 7):  # a row's genes stored in reverse order
+        span = slice(counts.indptr[row], counts.indptr[row + 1])
+        counts.indices[span], counts.data[span] = counts.indices[span][::-1].copy(), counts.data[span][::-1].copy()
+    counts.has_sorted_indices = False
+    n_model = 800
+    query_gene = rng.choice(counts.shape[1], size=700, replace=False)  # 100 model genes the query lacks
+    model_gene = rng.choice(n_model, size=700, replace=False)
+    matrix = sp.csr_matrix((np.ones(700), (query_gene, model_gene)), shape=(counts.shape[1], n_model))
+    present = np.zeros(n_model, dtype=bool)
+    present[model_gene] = True
+    aligned = Alignment(matrix, present, "var_names", n_duplicates=0).apply(counts)
+    expected = (counts @ matrix).toarray()
+    assert aligned.shape == expected.shape and aligned.dtype == np.float32
+    np.testing.assert_array_equal(aligned.toarray(), expected)
+    assert aligned.nnz == np.count_nonzero(expected)
