@@ -178,7 +178,7 @@ class Alignment:
         kept = np.flatnonzero(column >= 0)
         indptr = np.searchsorted(kept, counts.indptr)  # kept values before each row's first
         return sp.csr_matrix(
-            (counts.data[kept].astype(np.float32), column[kept], indptr),
+            (counts.data[kept].astype(np.float32, copy=False), column[kept], indptr),  # indexing made them new
             shape=(counts.shape[0], self.matrix.shape[1]),
         )
 
