@@ -75,7 +75,7 @@ def counts_problem(matrix: sp.csr_matrix) -> str:
         n = int((~np.isfinite(values)).sum())
         return f"holds NaN or infinite values ({n} of them); raw counts are finite integers"
     if lowest < 0:
-        return f"holds negative values ({int((values < 0).sum())}, min {values.min():.3g}): not raw counts"
+        return f"holds negative values ({int((values < 0).sum())}, min {lowest:.3g}): not raw counts"
     fractional = _fractional(values)
     if not fractional.size:
         return ""

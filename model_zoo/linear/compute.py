@@ -79,7 +79,6 @@ class PcaSpace(Protocol):
     pca_mean: np.ndarray  # (G,)
     pca_components: np.ndarray  # (G, P)
     ridge: float
-    reference_umap: np.ndarray  # (N, 2)
 
 
 def log_normalise(counts: sp.csr_matrix, library_size: np.ndarray, dtype=np.float64) -> sp.csr_matrix:
