@@ -62,8 +62,8 @@ def load_recipe(name_or_path: str) -> tuple[dict, Path]:
         raise BuildError(f"no recipe {name_or_path!r}; zoo recipes: {', '.join(known)} (or give a .yaml path)")
     recipe = yaml.safe_load(path.read_text())
     missing = [k for k in ("name", "version", "family", "reference") if k not in recipe]
-    if "labels" not in recipe and "ontology_column" not in recipe.get("reference", {}):
-        missing.append("labels (or reference.ontology_column)")
+    if not ({"ontology_column", "harmonise"} & set(recipe.get("reference", {}))) and "labels" not in recipe:
+        missing.append("labels (or reference.ontology_column, or reference.harmonise)")
     if missing:
         raise BuildError(f"recipe {path} lacks {', '.join(missing)}")
     if recipe["family"] not in FAMILIES:
@@ -78,15 +78,17 @@ def sha256_file(path: Path) -> str:
 
 @dataclass(frozen=True)
 class Labelled:
-    """Raw counts (cells x genes), gene names, one label per cell, and the cells' obs table."""
+    """Raw counts (cells x genes), gene names, one label per cell, the cells' obs table and the file (stem)
+    each cell comes from."""
 
     counts: sp.csr_matrix
     genes: np.ndarray
     labels: np.ndarray
     obs: pd.DataFrame
+    source: np.ndarray
 
     def subset(self, mask: np.ndarray) -> Labelled:
-        return Labelled(self.counts[mask], self.genes, self.labels[mask], self.obs[mask])
+        return Labelled(self.counts[mask], self.genes, self.labels[mask], self.obs.iloc[mask], self.source[mask])
 
 
 def _counts_matrix(adata, path: Path, spec: dict) -> sp.csr_matrix:
@@ -144,12 +146,24 @@ def read_labelled(path: Path, label_column: str, keep: set[str] | None = None, s
     labels = adata.obs[label_column].astype(str).to_numpy()
     mask = np.isin(labels, sorted(keep)) if keep is not None else np.ones(len(labels), dtype=bool)
     counts = _counts_matrix(adata, path, spec or {})
-    return Labelled(counts, adata.var_names.to_numpy().astype(str), labels, adata.obs).subset(mask)
+    source = np.full(adata.n_obs, path.stem, dtype=object)
+    return Labelled(counts, adata.var_names.to_numpy().astype(str), labels, adata.obs, source).subset(mask)
+
+
+def file_spec(ref: dict, path: Path) -> dict:
+    """The reference spec of one file: the recipe's ``reference``, with that file's entry of ``files`` (a
+    mapping naming the file) over it, for references whose files name their columns differently."""
+    for entry in ref.get("files") or []:
+        if isinstance(entry, dict) and entry.get("file") == path.name:
+            return ref | entry
+    return ref
 
 
 def read_reference(paths: list[Path], ref: dict, keep: set[str] | None) -> tuple[Labelled, np.ndarray | None]:
-    """The cells of one or several reference files on their shared genes, and a batch per cell (or None)."""
-    parts = [read_labelled(p, ref["label_column"], keep, ref) for p in paths]
+    """The cells of one or several reference files on their shared genes, and a batch per cell (or None):
+    the files' ``batch_column`` (within each file, when there are several), else the file."""
+    specs = [file_spec(ref, p) for p in paths]
+    parts = [read_labelled(p, spec["label_column"], keep, spec) for p, spec in zip(paths, specs, strict=True)]
     genes = parts[0].genes
     for part in parts[1:]:
         genes = genes[np.isin(genes, part.genes)]
@@ -161,13 +175,17 @@ def read_reference(paths: list[Path], ref: dict, keep: set[str] | None) -> tuple
 
     counts = sp.vstack([on_genes(p) for p in parts]).tocsr()
     obs = pd.concat([p.obs for p in parts])
-    reference = Labelled(counts, genes, np.concatenate([p.labels for p in parts]), obs)
-    if ref.get("batch_column"):
-        return reference, obs[ref["batch_column"]].astype(str).to_numpy()
+    source = np.concatenate([p.source for p in parts])
+    reference = Labelled(counts, genes, np.concatenate([p.labels for p in parts]), obs, source)
+    if any(spec.get("batch_column") for spec in specs):
+        batches = [
+            p.obs[spec["batch_column"]].astype(str).to_numpy() if spec.get("batch_column") else p.source
+            for p, spec in zip(parts, specs, strict=True)
+        ]
+        batch = np.concatenate(batches).astype(object)
+        return reference, (source + ":" + batch if len(parts) > 1 else batch)
     if len(parts) > 1:
-        return reference, np.concatenate(
-            [np.full(p.counts.shape[0], path.stem) for p, path in zip(parts, paths, strict=True)]
-        )
+        return reference, source.astype(str)
     return reference, None
 
 
@@ -221,6 +239,67 @@ def time_annotation(model, model_genes: np.ndarray, cells: Labelled, source: str
     return {"file": source, "n_cells": n_cells, "seconds": round(time.perf_counter() - start, 1)}
 
 
+def prepare_reference(recipe: dict, references: list[Path]) -> tuple[Labelled, np.ndarray | None, dict, dict]:
+    """The recipe's training cells: (the cells with their class labels, a batch per cell or None, the label
+    table class -> {ontology_term_id, ontology_term_name}, notes for the model's metadata).
+
+    Labels come from the recipe's ``labels`` table, or from the data (``ontology_column``, with
+    ``min_cells_per_label``), or, with ``harmonise``, are the cells' Cell Ontology ids harmonised across
+    the files (:func:`model_zoo.harmonise.harmonise`; classes named by the ontology). ``cap_per_class``
+    then draws each class's cells evenly from the files (:func:`model_zoo.harmonise.cap_and_fill`).
+    """
+    ref = recipe["reference"]
+    for path in references:
+        if not path.is_file():
+            raise BuildError(f"reference file {path} does not exist")
+    keep = set(recipe["labels"]) - set(ref.get("drop_labels", [])) if "labels" in recipe else None
+    reference, batch = read_reference(references, ref, keep)
+    notes: dict = {}
+    if "harmonise" in ref:
+        from model_zoo.harmonise import harmonise
+        from model_zoo.ontology import ontology_parser
+
+        terms, notes["harmonisation"] = harmonise(reference.labels, reference.source, **ref["harmonise"])
+        kept = terms != ""
+        names = {t: ontology_parser().get_term_label(t) for t in set(terms[kept])}
+        reference = Labelled(
+            reference.counts,
+            reference.genes,
+            np.array([names.get(t, "") for t in terms], dtype=object),
+            reference.obs,
+            reference.source,
+        ).subset(kept)
+        batch = batch[kept] if batch is not None else None
+        labels_table = {n: {"ontology_term_id": t, "ontology_term_name": n} for t, n in sorted(names.items())}
+    elif keep is None:  # labels from the data: drop those too rare to learn and score
+        names, sizes = np.unique(reference.labels, return_counts=True)
+        common = np.isin(reference.labels, names[sizes >= int(ref.get("min_cells_per_label", 10))])
+        logger.info(
+            "kept %d of %d labels (min_cells_per_label)",
+            int(np.isin(names, reference.labels[common]).sum()),
+            len(names),
+        )
+        reference = reference.subset(common)
+        batch = batch[common] if batch is not None else None
+        labels_table = label_table(recipe, reference)
+    else:
+        labels_table = label_table(recipe, reference)
+    if ref.get("cap_per_class"):
+        from model_zoo.harmonise import cap_and_fill
+
+        chosen = cap_and_fill(reference.labels, reference.source, int(ref["cap_per_class"]), seed=0)
+        notes["cap_per_class"] = {"cap": int(ref["cap_per_class"]), "cells_before": len(reference.labels)}
+        reference = reference.subset(chosen)
+        batch = batch[chosen] if batch is not None else None
+    classes, sizes = np.unique(reference.labels, return_counts=True)
+    per_source = pd.crosstab(reference.labels, reference.source)
+    notes["class_cells"] = {
+        str(c): {"total": int(n), **{str(s): int(per_source.loc[c, s]) for s in per_source.columns}}
+        for c, n in zip(classes, sizes, strict=True)
+    }
+    return reference, batch, labels_table, notes
+
+
 def build(
     recipe_ref: str,
     references: list[Path],
@@ -238,22 +317,7 @@ def build(
     family = importlib.import_module(FAMILIES[recipe["family"]] + ".train")
     pyfunc = importlib.import_module(FAMILIES[recipe["family"]] + ".pyfunc")
     ref = recipe["reference"]
-    for path in references:
-        if not path.is_file():
-            raise BuildError(f"reference file {path} does not exist")
-    keep = set(recipe["labels"]) - set(ref.get("drop_labels", [])) if "labels" in recipe else None
-    reference, batch = read_reference(references, ref, keep)
-    if keep is None:  # labels from the data: drop those too rare to learn and score
-        names, sizes = np.unique(reference.labels, return_counts=True)
-        common = np.isin(reference.labels, names[sizes >= int(ref.get("min_cells_per_label", 10))])
-        logger.info(
-            "kept %d of %d labels (min_cells_per_label)",
-            int(np.isin(names, reference.labels[common]).sum()),
-            len(names),
-        )
-        reference = reference.subset(common)
-        batch = batch[common] if batch is not None else None
-    labels_table = label_table(recipe, reference)
+    reference, batch, labels_table, notes = prepare_reference(recipe, references)
     counts, genes, labels = reference.counts, reference.genes, reference.labels
     logger.info("reference: %d cells, %d genes, %d classes", *counts.shape, len(set(labels)))
     trained, report = family.train(counts, genes, labels, recipe["params"], batch=batch)
@@ -287,6 +351,7 @@ def build(
             "batch": ref.get("batch_column") or ("file" if len(references) > 1 else ""),
             "dropped_labels": list(ref.get("drop_labels", [])),
             "n_cells": int(counts.shape[0]),
+            **notes,
         },
         "training": {k: v for k, v in report.items() if not k.startswith("held_out")} | {"cpu_cores": os.cpu_count()},
         "metrics": {k: v for k, v in report.items() if k.startswith("held_out")},

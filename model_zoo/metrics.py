@@ -3,25 +3,10 @@ expected calibration error."""
 
 from __future__ import annotations
 
-from functools import cache
-
 import numpy as np
 from sklearn.metrics import f1_score
 
-
-@cache
-def _ontology():
-    from cellxgene_ontology_guide.ontology_parser import OntologyParser
-
-    return OntologyParser()
-
-
-@cache
-def _lineage(term: str) -> frozenset[str]:
-    """The term with all its ancestors (Cell Ontology terms); other ids (e.g. Cellosaurus) stand alone."""
-    if not term.startswith("CL:"):
-        return frozenset([term])
-    return frozenset([term, *_ontology().get_term_ancestors(term)])
+from model_zoo.ontology import term_lineage as _lineage
 
 
 def ontology_match(predicted: str, truth: str) -> bool:

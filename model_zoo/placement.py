@@ -84,4 +84,10 @@ class UmapPlacement(NearestReference):
 
     def __call__(self, latent: np.ndarray) -> np.ndarray:
         """UMAP coordinates (n x 2) of query cells (:func:`place_on_umap`)."""
-        return place_on_umap(self.umap, *self.neighbours(latent))
+        return self.place(latent)[0]
+
+    def place(self, latent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """UMAP coordinates (n x 2) of query cells and the distances (n x k, ascending) to the nearest
+        reference cells they rest on (which the novelty score reuses)."""
+        distances, indices = self.neighbours(latent)
+        return place_on_umap(self.umap, distances, indices), distances

@@ -14,6 +14,7 @@ from model_zoo import contract
 
 PACKAGE_DIR = Path(__file__).parent
 GENES_ARTIFACT = "genes.txt"
+HIERARCHY = "hierarchy"
 
 
 @dataclass
@@ -38,8 +39,12 @@ def params_signature(extra_params: dict[str, object] | None = None):
     from mlflow.types.schema import ParamSchema, ParamSpec
 
     kinds = {str: "string", int: "long", float: "double", bool: "boolean"}
-    specs = [ParamSpec(contract.GENES_PRESENT, "string", [], shape=(-1,))]
-    specs += [ParamSpec(name, kinds[type(value)], value) for name, value in (extra_params or {}).items()]
+    specs = [
+        ParamSpec(contract.GENES_PRESENT, "string", [], shape=(-1,)),
+        ParamSpec(contract.CELL_TOTALS, "double", [], shape=(-1,)),
+    ]
+    options = contract.ANSWER_OPTIONS | (extra_params or {})
+    specs += [ParamSpec(name, kinds[type(value)], value) for name, value in options.items()]
     return ModelSignature(inputs=None, outputs=None, params=ParamSchema(specs))
 
 
@@ -47,6 +52,12 @@ def load_ontology_ids(context) -> dict[str, str]:
     """Label -> ontology term id, from a saved model's ``labels`` artifact."""
     labels = json.loads(Path(context.artifacts["labels"]).read_text())
     return {name: entry.get("ontology_term_id", "") for name, entry in labels.items()}
+
+
+def load_hierarchy(context) -> dict | None:
+    """The model's levels and back-off terms (``hierarchy`` artifact; None for a model built without it)."""
+    path = context.artifacts.get(HIERARCHY)
+    return json.loads(Path(path).read_text()) if path else None
 
 
 def load_arrays(context) -> dict[str, np.ndarray]:
@@ -74,12 +85,17 @@ def save_family_model(
     """
     import mlflow
 
+    from model_zoo.ontology import class_hierarchy
+
     requirements = (family_dir / "requirements.txt").read_text().split()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         np.savez_compressed(tmp / "weights.npz", **weights.to_arrays())
         (tmp / GENES_ARTIFACT).write_text("\n".join(map(str, weights.genes)) + "\n")
         (tmp / "labels.json").write_text(json.dumps(labels, indent=1, sort_keys=True))
+        ids = {name: entry.get("ontology_term_id", "") for name, entry in labels.items()}
+        hierarchy = class_hierarchy([str(c) for c in weights.classes], ids)
+        (tmp / "hierarchy.json").write_text(json.dumps(hierarchy, indent=1))
         mlflow.pyfunc.save_model(
             str(path),
             python_model=str(family_dir / "model_code.py"),
@@ -89,6 +105,7 @@ def save_family_model(
                     ("weights", "weights.npz"),
                     ("genes", GENES_ARTIFACT),
                     ("labels", "labels.json"),
+                    (HIERARCHY, "hierarchy.json"),
                 ]
             }
             | {name: str(p) for name, p in (extra_artifacts or {}).items()},

@@ -14,7 +14,7 @@ import pandas as pd
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from runner import __version__
+from runner import __version__, keys
 from runner.envs import ENV_MANAGERS, choose_manager, ensure_env, read_env_spec
 from runner.errors import UsageError
 from runner.invoke import load_pyfunc, predict_batch, predict_in_env, read_model_info, run_params
@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 10_000
 DEFAULT_UNASSIGNED_THRESHOLD = 0.5
 DEFAULT_MIN_GENE_OVERLAP = 0.2
+DEFAULT_NOVELTY_THRESHOLD = 1.0
 
 
 @dataclass
@@ -92,6 +93,8 @@ def annotate(
     gene_column: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     unassigned_threshold: float = DEFAULT_UNASSIGNED_THRESHOLD,
+    novelty_threshold: float = DEFAULT_NOVELTY_THRESHOLD,
+    backoff: bool = True,
     min_gene_overlap: float = DEFAULT_MIN_GENE_OVERLAP,
     species_map: bool = False,
     table: Path | None = None,
@@ -121,6 +124,8 @@ def annotate(
         raise UsageError(f"--env-manager must be one of {', '.join(ENV_MANAGERS)}, got {env_manager!r}")
     if not 0.0 <= unassigned_threshold <= 1.0:
         raise UsageError(f"--unassigned-threshold must be within [0, 1], got {unassigned_threshold}")
+    if not novelty_threshold > 0.0:  # also refuses NaN; inf turns the novelty check off
+        raise UsageError(f"--novelty-threshold must be above 0 (inf: off), got {novelty_threshold}")
     output = output or default_output(input_path)
     if output.resolve() == input_path.resolve():
         raise UsageError(f"the output {output} is the input; cellzoo never modifies its input: choose another -o")
@@ -151,7 +156,12 @@ def annotate(
             min_gene_overlap=min_gene_overlap,
         )
         alignment = genes.alignment
-        params = run_params(alignment.present, info.genes, {"device": device} if device else None)
+        options = {
+            keys.UNASSIGNED_THRESHOLD: unassigned_threshold,
+            keys.NOVELTY_THRESHOLD: novelty_threshold,
+            keys.BACKOFF: backoff,
+        } | ({"device": device} if device else {})
+        params = run_params(alignment.present, info.genes, options)
         with query.output(output) as write_output:  # a streamed query's copy begins now
             frame, cells, environment = _predict(query, first, info, genes, params, env_manager, batch_size)
             provenance = {
@@ -176,6 +186,8 @@ def annotate(
                     "device": device or "",
                     "batch_size": batch_size,
                     "unassigned_threshold": unassigned_threshold,
+                    "novelty_threshold": novelty_threshold,
+                    "backoff": backoff,
                     "min_gene_overlap": min_gene_overlap,
                     "counts": query.source,
                     "gene_names": alignment.source,
@@ -247,7 +259,10 @@ def _predict(query, first: sp.csr_matrix, info, genes, params, env_manager: str,
         ):
             totals.append(total)
             in_model.append(total_in_model)
-            outputs.append(predict_batch(model, aligned, params) if model is not None else aligned)
+            if model is not None:
+                outputs.append(predict_batch(model, aligned, (params or {}) | {keys.CELL_TOTALS: total}))
+            else:
+                outputs.append(aligned)
     cells = check_cells(np.concatenate(totals), np.concatenate(in_model), query.obs_names)
     for line in cells.warnings() + genes.warnings:
         logger.warning(line)
@@ -255,7 +270,8 @@ def _predict(query, first: sp.csr_matrix, info, genes, params, env_manager: str,
         return pd.concat(outputs, ignore_index=True), cells, environment
     python, record = ensure_env(spec, manager)
     environment |= {"key": record["key"], "reused": record["reused"], "build_seconds": record["seconds"]}
-    return predict_in_env(python, info, sp.vstack(outputs, format="csr"), params, batch_size), cells, environment
+    counts = sp.vstack(outputs, format="csr")
+    return predict_in_env(python, info, counts, np.concatenate(totals), params, batch_size), cells, environment
 
 
 def _aligned_blocks(

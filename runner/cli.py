@@ -137,8 +137,25 @@ def annotate(
         ),
     ] = None,
     unassigned_threshold: Annotated[
-        float, typer.Option(help="Cells with uncertainty above this are labelled 'Unassigned'.")
+        float,
+        typer.Option(
+            help="An answer needs a probability of at least 1 - this (its class's, or with back-off the summed "
+            "probability of a common ancestor's classes); below that a cell is 'Unassigned'."
+        ),
     ] = 0.5,
+    novelty_threshold: Annotated[
+        float,
+        typer.Option(
+            help="Cells whose novelty score is above this are 'Unassigned' (1.0: fewer than 1% of cells like the "
+            "reference's pass it; inf: off)."
+        ),
+    ] = 1.0,
+    backoff: Annotated[
+        bool,
+        typer.Option(
+            help="Answer with the most specific common Cell Ontology ancestor when the finest classes are in doubt."
+        ),
+    ] = True,
     min_gene_overlap: MinGeneOverlap = 0.2,
     env_manager: Annotated[
         str,
@@ -175,6 +192,8 @@ def annotate(
             gene_column=gene_column,
             batch_size=batch_size,
             unassigned_threshold=unassigned_threshold,
+            novelty_threshold=novelty_threshold,
+            backoff=backoff,
             min_gene_overlap=min_gene_overlap,
             species_map=species_map,
             table=table,

@@ -82,10 +82,11 @@ def predict_batch(model, counts: sp.csr_matrix, params: dict | None) -> pd.DataF
 
 
 def predict_in_env(
-    python: Path, info: ModelInfo, counts: sp.csr_matrix, params: dict | None, batch_size: int
+    python: Path, info: ModelInfo, counts: sp.csr_matrix, totals: np.ndarray, params: dict | None, batch_size: int
 ) -> pd.DataFrame:
     """Run ``predict`` in the model's environment: the worker script, run by that environment's Python,
-    reads the counts from an npz and writes the output as parquet (no JSON for data)."""
+    reads the counts (and each cell's total over all the query's genes, ``params['cell_totals']`` of each
+    batch) from an npz and writes the output as parquet (no JSON for data)."""
     import json
     import subprocess
     import tempfile
@@ -99,6 +100,7 @@ def predict_in_env(
             indices=counts.indices,
             indptr=counts.indptr,
             shape=np.asarray(counts.shape),
+            cell_totals=np.asarray(totals, dtype=np.float64),
         )
         request = {
             "model": str(info.path),

@@ -16,7 +16,19 @@ ONTOLOGY_TERM_ID = "ontology_term_id"
 PROB_PREFIX = "prob:"
 EMB_PREFIX = "emb:"
 UMAP_PREFIX = "umap:"
-GENES_PRESENT = "genes_present"  # params entry: the model genes the query has
+NOVELTY = "novelty"
+ANSWER = "answer"  # the most specific label the model stands behind (after back-off), or Unassigned
+ANSWER_ONTOLOGY_TERM_ID = "answer_ontology_term_id"
+ANSWER_KIND = "answer_kind"  # finest | coarser | uncertain | novel (+ no_signal, set by the runner)
+LEVEL_PREFIX = "level:"  # level:<level> and level:<level>:ontology_term_id
+NO_SIGNAL = "no_signal"
+# params entries of a predict call
+GENES_PRESENT = "genes_present"  # the model genes the query has
+CELL_TOTALS = "cell_totals"  # each cell's total count over all the query's genes (the novelty score)
+UNASSIGNED_THRESHOLD = "unassigned_threshold"
+NOVELTY_THRESHOLD = "novelty_threshold"
+BACKOFF = "backoff"
+LEVELS = ("compartment", "lineage")  # the levels of model_zoo/data/ontology_levels.csv
 
 
 @dataclass(frozen=True)
@@ -26,19 +38,41 @@ class ResultKeys:
     key: str
 
     @property
-    def predicted(self) -> str:  # obs: categorical label, 'Unassigned' above the threshold
+    def predicted(self) -> str:  # obs: the answer (after back-off), 'Unassigned' if uncertain or novel
         return f"{self.key}_predicted"
 
     @property
-    def uncertainty(self) -> str:  # obs: float in [0, 1], 0 = certain
+    def uncertainty(self) -> str:  # obs: float in [0, 1], 1 - the probability of the finest guess
         return f"{self.key}_uncertainty"
 
     @property
-    def ontology_term_id(self) -> str:  # obs: Cell Ontology id of the predicted label ('' if none)
+    def ontology_term_id(self) -> str:  # obs: Cell Ontology id of the answer ('' if none)
         return f"{self.key}_ontology_term_id"
 
     @property
-    def probabilities(self) -> str:  # obsm: DataFrame, one column per class
+    def novelty(self) -> str:  # obs: float >= 0, above the novelty threshold (1.0) = unlike the reference
+        return f"{self.key}_novelty"
+
+    @property
+    def finest(self) -> str:  # obs: the most probable class, whatever its probability
+        return f"{self.key}_finest"
+
+    @property
+    def finest_ontology_term_id(self) -> str:  # obs: its Cell Ontology id
+        return f"{self.key}_finest_ontology_term_id"
+
+    @property
+    def answer_kind(self) -> str:  # obs: why the answer is what it is (finest, coarser, uncertain, novel, ...)
+        return f"{self.key}_answer_kind"
+
+    def level(self, name: str) -> str:  # obs: the label at a coarser level (compartment, lineage)
+        return f"{self.key}_{name}"
+
+    def level_ontology_term_id(self, name: str) -> str:  # obs: its Cell Ontology id
+        return f"{self.key}_{name}_ontology_term_id"
+
+    @property
+    def probabilities(self) -> str:  # obsm: (cells x classes) float32 array; class names in uns[K]['classes']
         return f"{self.key}_probabilities"
 
     @property
@@ -54,7 +88,17 @@ class ResultKeys:
         return self.key
 
     def obs_keys(self) -> list[str]:
-        return [self.predicted, self.uncertainty, self.ontology_term_id]
+        levels = [key for name in LEVELS for key in (self.level(name), self.level_ontology_term_id(name))]
+        return [
+            self.predicted,
+            self.uncertainty,
+            self.ontology_term_id,
+            self.novelty,
+            self.finest,
+            self.finest_ontology_term_id,
+            self.answer_kind,
+            *levels,
+        ]
 
     def obsm_keys(self) -> list[str]:
         return [self.probabilities, self.embedding, self.umap]

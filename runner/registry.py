@@ -146,7 +146,7 @@ def unbuilt_recipe(name: str) -> str | None:
     except yaml.YAMLError:
         recipe = {}
     ref = recipe.get("reference") or {}
-    files = ref.get("files") or ["REFERENCE.h5ad"]
+    files = [f if isinstance(f, str) else f.get("file", "") for f in ref.get("files") or ["REFERENCE.h5ad"]]
     references = " ".join(f"--reference {f}" for f in files)
     source = ref.get("source_url") or "see the recipe"
     target = f"build/{name}-{recipe.get('version', 'VERSION')}"

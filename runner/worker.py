@@ -21,11 +21,18 @@ def main(request_path: str) -> int:
         request = json.load(fh)
     with np.load(request["counts"], allow_pickle=False) as arrays:
         counts = sp.csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]), shape=tuple(arrays["shape"]))
+        totals = arrays.get("cell_totals")
     model = mlflow.pyfunc.load_model(request["model"])
     batch_size = int(request["batch_size"])
-    params = request.get("params") or None
+    params = request.get("params") or {}
+
+    def batch_params(start: int) -> dict | None:
+        if totals is None:
+            return params or None
+        return params | {"cell_totals": totals[start : start + batch_size]}
+
     frames = [
-        model.predict(counts[start : start + batch_size], params=params)
+        model.predict(counts[start : start + batch_size], params=batch_params(start))
         for start in range(0, counts.shape[0], batch_size)
     ]
     pd.concat(frames, ignore_index=True).to_parquet(request["output"])

@@ -54,6 +54,20 @@ def make_barcodes_unique(adata) -> int:
     return n
 
 
+def _categorical(values: np.ndarray) -> pd.Categorical:
+    """Only the categories that occur (sorted, ``Unassigned`` last): scanpy's plots and
+    ``rank_genes_groups`` fail on a subset whose categories include absent ones."""
+    values = np.asarray(values, dtype=object).astype(str)
+    present = sorted(set(values) - {keys.UNASSIGNED}) + ([keys.UNASSIGNED] if keys.UNASSIGNED in values else [])
+    return pd.Categorical(values, categories=present)
+
+
+def _text(frame: pd.DataFrame, column: str, default: str = "") -> np.ndarray:
+    if column not in frame:
+        return np.full(len(frame), default, dtype=object)
+    return frame[column].fillna(default).astype(str).to_numpy(dtype=object)
+
+
 def write_results(
     adata,
     frame: pd.DataFrame,
@@ -66,51 +80,78 @@ def write_results(
     """Write a model's predictions into ``adata``.
 
     Cells in ``no_signal`` (no counts, or none in the model's genes) are ``Unassigned`` with
-    uncertainty 1, whatever the model said of them.
+    uncertainty 1, whatever the model said of them. A model built before the answer columns existed
+    (no ``answer`` in its output) is answered by its finest guess and ``unassigned_threshold``.
 
     Writes
     ------
     ``obs[K_predicted]``
-        categorical label; ``Unassigned`` where the uncertainty is above ``unassigned_threshold``
-        and for ``no_signal`` cells.
-    ``obs[K_uncertainty]``
-        float in [0, 1]; 0 = certain (what it means is in the model card and ``uns[K]``); 1 for
-        ``no_signal`` cells.
+        categorical: the answer, the most specific label the model stands behind: its class, a common
+        Cell Ontology ancestor of the classes the probability is split between (back-off), or
+        ``Unassigned`` (uncertain even so, novel, or ``no_signal``). Only the categories that occur.
     ``obs[K_ontology_term_id]``
-        Cell Ontology id of the predicted label ('' when unassigned or unknown).
+        Cell Ontology id of the answer ('' when unassigned or unknown).
+    ``obs[K_uncertainty]``
+        float in [0, 1]: 1 - the probability of the finest guess; 1 for ``no_signal`` cells.
+    ``obs[K_novelty]``
+        float: how unlike the reference the cell is (1.0: the boundary that ~1% of reference-like cells
+        pass); NaN for models without a novelty score.
+    ``obs[K_finest]``, ``obs[K_finest_ontology_term_id]``
+        the most probable class and its id, whatever its probability (for a look behind the answer).
+    ``obs[K_answer_kind]``
+        categorical: ``finest``, ``coarser`` (backed off), ``uncertain``, ``novel`` or ``no_signal``.
+    ``obs[K_<level>]``, ``obs[K_<level>_ontology_term_id]``
+        for each level of the model's hierarchy (``compartment``, ``lineage``): the label at that level
+        (``Unassigned`` when in doubt or novel) and its Cell Ontology id.
     ``obsm[K_probabilities]``
-        DataFrame of per-class probabilities, class names as columns.
+        float32 array (cells x classes) of per-class probabilities; ``uns[K]['classes']`` names the columns.
     ``obsm[X_K]``, ``obsm[X_K_umap]``
         the model's embedding, and the query projected onto the reference UMAP.
     ``uns[K]``
-        provenance of the run.
+        provenance of the run, and ``classes``.
     """
-    index = adata.obs_names
     uncertainty = frame[keys.UNCERTAINTY].to_numpy(dtype=np.float32).copy()
-    if no_signal is not None:
-        uncertainty[no_signal] = 1.0
-    unassigned = uncertainty > unassigned_threshold
-    if no_signal is not None:
-        unassigned |= no_signal
-    labels = frame[keys.LABEL].astype(str).to_numpy(dtype=object)
-    labels[unassigned] = keys.UNASSIGNED
+    silent = np.zeros(len(frame), dtype=bool) if no_signal is None else np.asarray(no_signal, dtype=bool)
+    uncertainty[silent] = 1.0
+    finest = _text(frame, keys.LABEL)
+    finest_id = _text(frame, keys.ONTOLOGY_TERM_ID)
+    if keys.ANSWER in frame:
+        answer, answer_id = _text(frame, keys.ANSWER), _text(frame, keys.ANSWER_ONTOLOGY_TERM_ID)
+        kind = _text(frame, keys.ANSWER_KIND)
+    else:  # a model without answer columns: its finest guess, when it is sure enough
+        uncertain = uncertainty > unassigned_threshold
+        answer = np.where(uncertain, keys.UNASSIGNED, finest).astype(object)
+        answer_id = np.where(uncertain, "", finest_id).astype(object)
+        kind = np.where(uncertain, "uncertain", "finest").astype(object)
+    answer[silent], answer_id[silent], kind[silent] = keys.UNASSIGNED, "", keys.NO_SIGNAL
+    obs = {
+        result.predicted: _categorical(answer),
+        result.ontology_term_id: pd.Categorical(answer_id),
+        result.uncertainty: uncertainty,
+        result.novelty: frame[keys.NOVELTY].to_numpy(dtype=np.float32) if keys.NOVELTY in frame else None,
+        result.finest: _categorical(finest),
+        result.finest_ontology_term_id: pd.Categorical(finest_id),
+        result.answer_kind: pd.Categorical(kind),
+    }
+    levels = [c.removeprefix(keys.LEVEL_PREFIX) for c in frame.columns if c.startswith(keys.LEVEL_PREFIX)]
+    for level in (name for name in levels if ":" not in name):
+        names = _text(frame, f"{keys.LEVEL_PREFIX}{level}")
+        ids = _text(frame, f"{keys.LEVEL_PREFIX}{level}:{keys.ONTOLOGY_TERM_ID}")
+        names[silent], ids[silent] = keys.UNASSIGNED, ""
+        obs[result.level(level)] = _categorical(names)
+        obs[result.level_ontology_term_id(level)] = pd.Categorical(ids)
+    for key, values in obs.items():
+        if values is not None:
+            adata.obs[key] = values
     prob_cols = _columns(frame, keys.PROB_PREFIX)
     classes = [c.removeprefix(keys.PROB_PREFIX) for c in prob_cols]
-    categories = [*classes, keys.UNASSIGNED] if classes else sorted(set(labels))
-    adata.obs[result.predicted] = pd.Categorical(labels, categories=categories)
-    adata.obs[result.uncertainty] = uncertainty
-    ontology = frame.get(keys.ONTOLOGY_TERM_ID, pd.Series([""] * len(frame))).fillna("").astype(str).to_numpy()
-    ontology[unassigned] = ""
-    adata.obs[result.ontology_term_id] = pd.Categorical(ontology)
     if prob_cols:
-        adata.obsm[result.probabilities] = pd.DataFrame(
-            frame[prob_cols].to_numpy(dtype=np.float32), index=index, columns=classes
-        )
+        adata.obsm[result.probabilities] = frame[prob_cols].to_numpy(dtype=np.float32)
     for key, prefix in ((result.embedding, keys.EMB_PREFIX), (result.umap, keys.UMAP_PREFIX)):
         cols = _columns(frame, prefix)
         if cols:
             adata.obsm[key] = frame[cols].to_numpy(dtype=np.float32)
-    adata.uns[result.provenance] = provenance
+    adata.uns[result.provenance] = provenance | {"classes": classes}
 
 
 @contextlib.contextmanager
@@ -167,7 +208,8 @@ def check_table_path(path: Path) -> None:
 
 
 def results_table(adata, result: ResultKeys) -> pd.DataFrame:
-    """One row per cell: barcode, label, uncertainty, ontology id and ``prob:<class>`` per class."""
+    """One row per cell: barcode, label (the answer), uncertainty, ontology id, novelty, finest guess and
+    ``prob:<class>`` per class."""
     table = pd.DataFrame(
         {
             "barcode": adata.obs_names.astype(str),
@@ -176,10 +218,13 @@ def results_table(adata, result: ResultKeys) -> pd.DataFrame:
             keys.ONTOLOGY_TERM_ID: adata.obs[result.ontology_term_id].astype(str).to_numpy(),
         }
     )
+    for column, key in ((keys.NOVELTY, result.novelty), ("finest", result.finest)):
+        if key in adata.obs:
+            table[column] = adata.obs[key].to_numpy()
     if result.probabilities in adata.obsm:
-        probs = adata.obsm[result.probabilities]
-        for column in probs.columns:
-            table[f"{keys.PROB_PREFIX}{column}"] = probs[column].to_numpy()
+        probs = np.asarray(adata.obsm[result.probabilities])
+        for i, name in enumerate(adata.uns[result.provenance]["classes"]):
+            table[f"{keys.PROB_PREFIX}{name}"] = probs[:, i]
     return table
 
 

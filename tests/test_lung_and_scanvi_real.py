@@ -1,5 +1,5 @@
 """The new zoo models on real data: cell lines across technologies, scANVI reference mapping on Kang,
-the xgboost family, and the `lung` recipe built end to end from a small real stand-in reference."""
+the xgboost family, and the `lung-hlca` recipe built end to end from a small real stand-in reference."""
 
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def test_lung_recipe_builds_end_to_end_from_a_cellxgene_standin(cellxgene_standi
     done = run_cli(
         "cellzoo",
         "build",
-        "lung",
+        "lung-hlca",
         "--reference",
         str(tmp_path / "hlca_core.h5ad"),
         "--out",
@@ -118,7 +118,7 @@ def test_lung_recipe_builds_end_to_end_from_a_cellxgene_standin(cellxgene_standi
         *(a for p in params for a in ("--param", p)),
     )
     assert done.returncode == 0, done.stderr
-    model_dir = tmp_path / "build" / "lung-1.0.0"
+    model_dir = tmp_path / "build" / "lung-hlca-1.0.0"
     meta = yaml.safe_load((model_dir / "MLmodel").read_text())["metadata"]
     assert meta["family"] == "scanvi" and meta["gene_id_type"] == "ensembl"
     assert meta["labels"]["memory B cell"]["ontology_term_id"] == "CL:0000787"
@@ -130,7 +130,8 @@ def test_lung_recipe_builds_end_to_end_from_a_cellxgene_standin(cellxgene_standi
     assert annotated.returncode == 0, annotated.stderr
     result = ad.read_h5ad(out)
     accuracy = ontology_accuracy(
-        result.obs["lung_ontology_term_id"].astype(str).to_numpy(), held.obs["cell_type_ontology_term_id"].to_numpy()
+        result.obs["lung-hlca_ontology_term_id"].astype(str).to_numpy(),
+        held.obs["cell_type_ontology_term_id"].to_numpy(),
     )
     assert accuracy >= 0.8
 

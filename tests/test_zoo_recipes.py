@@ -12,12 +12,12 @@ from model_zoo.build import BuildError, read_labelled, read_reference
 from tests.conftest import run_cli
 
 
-def test_annotate_with_the_unbuilt_lung_recipe_says_how_to_build_it(example_copy):
-    done = run_cli("annotate", str(example_copy), "-m", "lung")
+def test_annotate_with_the_unbuilt_hlca_recipe_says_how_to_build_it(example_copy):
+    done = run_cli("annotate", str(example_copy), "-m", "lung-hlca")
     assert done.returncode == 2
     message = done.stderr
-    assert "has not been built" in message and "cellzoo build lung --reference hlca_core.h5ad" in message
-    assert "cellxgene.cziscience.com/collections/" in message and "-m build/lung-1.0.0" in message
+    assert "has not been built" in message and "cellzoo build lung-hlca --reference hlca_core.h5ad" in message
+    assert "cellxgene.cziscience.com/collections/" in message and "-m build/lung-hlca-1.0.0" in message
     assert "Traceback" not in message
 
 

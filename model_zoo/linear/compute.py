@@ -39,6 +39,8 @@ class LinearWeights:
     ridge: float  # ridge penalty used when projecting a query with missing genes
     reference_latent: np.ndarray  # (N, P) PCA coordinates of the reference cells
     reference_umap: np.ndarray  # (N, 2) UMAP coordinates of the reference cells
+    novelty_distance_scale: float = np.nan  # model_zoo.novelty (NaN: a model built before it)
+    novelty_share_floor: float = np.nan
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {
@@ -53,6 +55,8 @@ class LinearWeights:
             "ridge": np.float32(self.ridge),
             "reference_latent": self.reference_latent.astype(np.float32),
             "reference_umap": self.reference_umap.astype(np.float32),
+            "novelty_distance_scale": np.float32(self.novelty_distance_scale),
+            "novelty_share_floor": np.float32(self.novelty_share_floor),
         }
 
     @classmethod
@@ -69,6 +73,8 @@ class LinearWeights:
             ridge=float(arrays["ridge"]),
             reference_latent=np.asarray(arrays["reference_latent"], dtype=np.float64),
             reference_umap=np.asarray(arrays["reference_umap"], dtype=np.float64),
+            novelty_distance_scale=float(arrays.get("novelty_distance_scale", np.nan)),
+            novelty_share_floor=float(arrays.get("novelty_share_floor", np.nan)),
         )
 
 
@@ -180,10 +186,11 @@ def embed(counts: sp.csr_matrix, present: np.ndarray, space: PcaSpace) -> tuple[
 
 
 def predict_arrays(counts: sp.csr_matrix, present: np.ndarray, weights: LinearWeights, placement):
-    """Probabilities (n x K), PCA embedding (n x P) and UMAP (n x 2, by ``placement``, a
-    :class:`model_zoo.placement.UmapPlacement`) for raw counts in model gene order."""
+    """Probabilities (n x K), PCA embedding (n x P), UMAP (n x 2, by ``placement``, a
+    :class:`model_zoo.placement.UmapPlacement`) and the distances to the nearest reference cells (n x k,
+    ascending) for raw counts in model gene order."""
     log_expr, latent = embed(counts, present, weights)
     full = impute_missing(log_expr, latent, present, weights)
     logits = (full @ weights.coef.T.astype(full.dtype)).astype(np.float64) + weights.intercept
     probs = softmax(logits / weights.temperature)
-    return probs, latent, placement(latent)
+    return probs, latent, *placement.place(latent)

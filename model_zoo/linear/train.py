@@ -10,8 +10,10 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.model_selection import train_test_split
 
+from model_zoo import novelty
 from model_zoo.linear import compute
 from model_zoo.metrics import classification_report
+from model_zoo.placement import NearestReference
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +71,18 @@ def select_features(counts: sp.csr_matrix, labels: np.ndarray, train_idx: np.nda
         selected=selected,
         n_candidates=len(candidates),
         log_expr=compute.log_normalise(counts[:, selected], total),
-        count_share=np.asarray(counts[:, selected].sum(axis=0)).ravel() / counts.sum(),
+        count_share=novelty.gene_share(counts[:, selected], total),
     )
+
+
+def novelty_scales(counts: sp.csr_matrix, features: Features, latent: np.ndarray, held: np.ndarray) -> dict:
+    """The novelty score's scales (:func:`model_zoo.novelty.calibrate`) on the held-out reference cells
+    ``held``: their distance to the other reference cells, and their share of counts in the model's genes."""
+    index = NearestReference(latent, novelty.NEIGHBORS + 1)
+    in_model = np.asarray(counts[held][:, features.selected].sum(axis=1)).ravel()
+    totals = np.asarray(counts[held].sum(axis=1)).ravel()
+    expected = float(features.count_share.sum())
+    return novelty.held_out_scales(index, latent[held], in_model, totals, expected, in_index=True)
 
 
 def fit_embedding(features: Features, params: dict) -> dict:
@@ -160,19 +172,22 @@ def train(
     model = compute.fit_logistic(x[train_idx], labels[train_idx], c=params["C"], seed=params["seed"])
     classes = model.classes_.astype(str)
     temperature, calibration = calibrate(x @ model.coef_.T + model.intercept_, labels, classes, calib_idx, test_idx)
-
+    space = fit_embedding(features, params)
+    scales = novelty_scales(counts, features, space["reference_latent"], np.concatenate([calib_idx, test_idx]))
     weights = compute.LinearWeights(
         genes=np.asarray(genes)[features.selected].astype(str),
         classes=classes,
         coef=model.coef_,
         intercept=model.intercept_,
         temperature=temperature,
-        **fit_embedding(features, params),
+        **space,
+        **scales,
     )
     report = {
         "params": params,
         **split_sizes(train_idx, calib_idx, test_idx, features),
         **calibration,
+        "novelty": {k: round(v, 4) for k, v in scales.items()},
         "training_seconds": round(time.perf_counter() - start, 1),
     }
     return weights, report

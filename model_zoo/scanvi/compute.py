@@ -36,13 +36,18 @@ class ScanviWeights:
     count_share: np.ndarray  # (G,) share of all reference counts (over model genes) carried by each gene
     median_total: float  # median reference cell total over the model genes
     reference_batch: str  # a batch of the reference, to read a query through the reference model as is
+    gene_share: np.ndarray = None  # (G,) each gene's mean share of a reference cell's counts over all its genes
+    novelty_distance_scale: float = np.nan  # model_zoo.novelty (NaN: a model built before it)
+    novelty_share_floor: float = np.nan
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {f.name: np.asarray(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> ScanviWeights:
-        values = {f.name: np.asarray(arrays[f.name]) for f in dataclasses.fields(cls)}
+        values = {f.name: np.asarray(arrays[f.name]) for f in dataclasses.fields(cls) if f.name in arrays}
+        for name in ("novelty_distance_scale", "novelty_share_floor"):
+            values[name] = float(values.get(name, np.nan))
         values["genes"], values["classes"] = values["genes"].astype(str), values["classes"].astype(str)
         values["n_neighbors"], values["query_epochs"] = int(values["n_neighbors"]), int(values["query_epochs"])
         values["median_total"], values["reference_batch"] = (

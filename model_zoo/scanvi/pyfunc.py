@@ -11,9 +11,9 @@ from pathlib import Path
 
 import mlflow
 
-from model_zoo import contract
+from model_zoo import contract, novelty
 from model_zoo.placement import UMAP_NEIGHBORS, NearestReference, place_on_umap
-from model_zoo.pyfunc_io import load_arrays, load_ontology_ids, save_family_model
+from model_zoo.pyfunc_io import load_arrays, load_hierarchy, load_ontology_ids, save_family_model
 from model_zoo.scanvi import compute, scvi_model
 
 FAMILY_DIR = Path(__file__).parent
@@ -30,13 +30,15 @@ class ScanviAnnotator(mlflow.pyfunc.PythonModel):
         self.weights = compute.ScanviWeights.from_arrays(load_arrays(context))
         self.model_dir = Path(context.artifacts[SCVI_MODEL])
         self.ontology_ids = load_ontology_ids(context)
+        self.hierarchy = load_hierarchy(context)
         # one search serves both: the label transfer's k nearest and the UMAP placement's 15 nearest are the
         # first columns of the same ascending neighbours
-        self.index = NearestReference(self.weights.reference_latent, max(self.weights.n_neighbors, UMAP_NEIGHBORS))
+        k = max(self.weights.n_neighbors, UMAP_NEIGHBORS, novelty.NEIGHBORS)
+        self.index = NearestReference(self.weights.reference_latent, k)
 
     def predict(self, context, model_input, params: dict | None = None):
         params = params or {}
-        counts, present = contract.as_model_matrix(model_input, self.weights.genes, params)
+        counts, present, totals = contract.as_model_matrix(model_input, self.weights.genes, params)
         latent, _ = scvi_model.map_query(
             self.model_dir,
             counts,
@@ -52,7 +54,20 @@ class ScanviAnnotator(mlflow.pyfunc.PythonModel):
             distances[:, :k], neighbours[:, :k], self.weights.reference_label, len(self.weights.classes)
         )
         umap = place_on_umap(self.weights.reference_umap, distances[:, :UMAP_NEIGHBORS], neighbours[:, :UMAP_NEIGHBORS])
-        return contract.output_frame(self.weights.classes, probs, self.ontology_ids, latent, umap)
+        share = self.weights.gene_share
+        score = (
+            novelty.query_score(distances, counts, totals, share, present, self.weights) if share is not None else None
+        )
+        return contract.output_frame(
+            self.weights.classes,
+            probs,
+            self.ontology_ids,
+            latent,
+            umap,
+            novelty_score=score,
+            hierarchy=self.hierarchy,
+            params=params,
+        )
 
 
 def save_model(path: Path, model, labels: dict, metadata: dict) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.model_selection import train_test_split
 
+from model_zoo import novelty
 from model_zoo.metrics import classification_report
 from model_zoo.placement import NearestReference
 from model_zoo.pyfunc_io import Trained
@@ -94,6 +95,7 @@ def train(
         else np.zeros(counts.shape[1], dtype=bool)
     )
     kept = compute.select_genes(counts, hvg, params["min_detection"])
+    totals = np.asarray(counts.sum(axis=1)).ravel()  # over all genes: the novelty score's composition
     counts, genes = counts[:, kept], np.asarray(genes)[kept].astype(str)
     floor = params["min_detection"]
     rest = "no detection floor" if floor is None else f"the rest detected in >= {floor} of cells"
@@ -115,6 +117,9 @@ def train(
     index = NearestReference(reference_latent, params["n_neighbors"])  # as the pyfunc searches
     distances, neighbours = index.neighbours(test_latent)
     probs = compute.transfer_labels(distances, neighbours, reference_label, len(classes))
+    share = novelty.gene_share(counts[train_idx], totals[train_idx])
+    in_model = np.asarray(counts[test_idx].sum(axis=1)).ravel()
+    scales = novelty.held_out_scales(index, test_latent, in_model, totals[test_idx], float(share.sum()), in_index=False)
     embedding = umap.UMAP(n_neighbors=params["umap_neighbors"], random_state=params["seed"]).fit_transform(
         reference_latent
     )
@@ -129,6 +134,8 @@ def train(
         count_share=np.asarray(counts.sum(axis=0)).ravel() / counts.sum(),
         median_total=float(np.median(np.asarray(counts.sum(axis=1)).ravel())),
         reference_batch=str(batch[train_idx][0]),
+        gene_share=share,
+        **scales,
     )
     report = {
         "params": params,
@@ -136,6 +143,7 @@ def train(
         "n_genes": {"highly_variable": int(hvg.sum()), "kept": len(kept)},
         "epochs": epochs,
         "held_out": classification_report(classes[probs.argmax(axis=1)], labels[test_idx], probs.max(axis=1)),
+        "novelty": {k: round(v, 4) for k, v in scales.items()},
         "training_seconds": round(training_seconds, 1),
     }
     return ScanviModel(weights, model), report

@@ -41,6 +41,8 @@ class XGBoostWeights:
     ridge: float  # ridge penalty when projecting a query with missing genes
     reference_latent: np.ndarray  # (N, P) PCA coordinates of the reference cells
     reference_umap: np.ndarray  # (N, 2) UMAP coordinates of the reference cells
+    novelty_distance_scale: float = np.nan  # model_zoo.novelty (NaN: a model built before it)
+    novelty_share_floor: float = np.nan
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         out = {}
@@ -53,7 +55,7 @@ class XGBoostWeights:
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> XGBoostWeights:
         values = {}
         for field in dataclasses.fields(cls):
-            value = np.asarray(arrays[field.name])
+            value = np.asarray(arrays.get(field.name, field.default))
             if value.dtype.kind == "U":
                 values[field.name] = value.astype(str)
             elif value.ndim == 0:
@@ -120,9 +122,10 @@ def margins(booster: xgb.Booster, latent: np.ndarray) -> np.ndarray:
 
 def predict_arrays(
     counts: sp.csr_matrix, present: np.ndarray, weights: XGBoostWeights, booster: xgb.Booster, placement
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Probabilities (n x K), PCA embedding (n x P) and UMAP (n x 2, by ``placement``, a
-    :class:`model_zoo.placement.UmapPlacement`) for raw counts in model gene order."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Probabilities (n x K), PCA embedding (n x P), UMAP (n x 2, by ``placement``, a
+    :class:`model_zoo.placement.UmapPlacement`) and the distances to the nearest reference cells (n x k,
+    ascending) for raw counts in model gene order."""
     _, latent = linear.embed(counts, present, weights)
     probs = linear.softmax(margins(booster, latent) / weights.temperature)
-    return probs, latent, placement(latent)
+    return probs, latent, *placement.place(latent)

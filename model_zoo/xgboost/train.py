@@ -72,17 +72,20 @@ def train(
     temperature, calibration = linear_train.calibrate(
         compute.margins(booster, latent), labels, classes, calib_idx, test_idx
     )
+    scales = linear_train.novelty_scales(counts, features, latent, np.concatenate([calib_idx, test_idx]))
     weights = compute.XGBoostWeights(
         genes=np.asarray(genes)[features.selected].astype(str),
         classes=classes,
         temperature=temperature,
         **space,
+        **scales,
     )
     report = {
         "params": params,
         **linear_train.split_sizes(train_idx, calib_idx, test_idx, features),
         "boosting_rounds": booster.num_boosted_rounds(),
         **calibration,
+        "novelty": {k: round(v, 4) for k, v in scales.items()},
         "training_seconds": round(time.perf_counter() - start, 1),
     }
     return compute.XGBoostModel(weights, booster), report
