@@ -11,9 +11,11 @@ CROSS_STUDY_COLUMNS = [
     "n_cells",
     "model_genes_present",
     "ontology_accuracy",
-    "ontology_accuracy_no_threshold",
+    "ontology_accuracy_finest",
     "ontology_accuracy_assigned_only",
     "unassigned_fraction",
+    "novel_fraction",
+    "coarser_fraction",
     "ece",
 ]
 
@@ -39,7 +41,11 @@ def render_card(meta: dict) -> str:
         for k, v in meta["metrics"].items()
         if k.startswith("held_out")
     ]
-    labels = [{"label": k, **v} for k, v in meta["labels"].items()]
+    class_cells = ref.get("class_cells") or {}
+    labels = [{"label": k, **v, **_cells(class_cells.get(k))} for k, v in meta["labels"].items()]
+    label_columns = ["label", "ontology_term_id", "ontology_term_name"] + (
+        ["cells", "reliability"] if class_cells else []
+    )
     cross = meta["metrics"].get("cross_study", [])
     cross_table = _table(cross, CROSS_STUDY_COLUMNS) if cross else "None scored."
     details = [{"what": k, "value": v} for k, v in training.items()]
@@ -55,6 +61,7 @@ def render_card(meta: dict) -> str:
 | input | {meta["input"]} |
 | gene ids | {meta["gene_id_type"]}; {meta["n_genes"]} genes in `{meta["genes_artifact"]}` |
 | uncertainty | {meta["uncertainty"]} |
+| novelty | {meta.get("novelty", "not computed (a model built before the novelty score)")} |
 | built | {meta["built"]} from recipe `{meta["recipe"]}` |
 
 ## Training data
@@ -67,21 +74,75 @@ Training took **{seconds} s** on {cores} CPU cores. Parameters: `{params}`.
 
 {_table(details, ["what", "value"])}
 ## Classes
-{_table(labels, ["label", "ontology_term_id", "ontology_term_name"])}
+{_table(labels, label_columns)}{_harmonisation(ref)}{_panel(ref)}
 ## Held-out reference cells (same study)
 {_table(held, ["probabilities", "accuracy", "macro_f1", "ece", "n_cells"])}
 ## Cross-study queries (ontology level)
 A prediction counts as right when its term is the truth's term or an ancestor/descendant of it
 (Cell Ontology; other ids, such as Cellosaurus cell lines, must match exactly).
-`ontology_accuracy` is what the runner gives by default: cells above the default uncertainty
-threshold (0.5) are `Unassigned` and count as wrong; "no threshold" scores every cell's top label;
-"assigned only" leaves the `Unassigned` cells out. ECE is of the reported confidence
-(1 - uncertainty) against ontology-level correctness, over all cells.
+`ontology_accuracy` is what the runner answers by default (back-off to a common ancestor, `Unassigned`
+when uncertain or novel, which counts as wrong); "finest" scores every cell's most probable class;
+"assigned only" leaves the `Unassigned` cells out; `novel_fraction` and `coarser_fraction` are the shares
+answered `Unassigned` as novel and with a common ancestor. ECE is of the reported confidence
+(1 - uncertainty) against the finest guess's ontology-level correctness, over all cells.
 
 {cross_table}
 ## Annotation time
 {_timing(meta["metrics"].get("annotation_time"))}
 """
+
+
+FEW_CELLS = 30  # a class trained on fewer cells than this is marked provisional in the card
+
+
+def _cells(counts: dict | None) -> dict:
+    """The ``cells`` (total, and per reference file) and ``reliability`` columns of a class."""
+    if not counts:
+        return {}
+    total = counts["total"]
+    per_file = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "total")
+    reliability = f"provisional: fewer than {FEW_CELLS} cells" if total < FEW_CELLS else "ok"
+    return {"cells": f"{total} ({per_file})", "reliability": reliability}
+
+
+def _harmonisation(ref: dict) -> str:
+    """How the studies' labels became the classes, and the types the model does not know."""
+    rows = ref.get("harmonisation")
+    if not rows:
+        return ""
+    table = [
+        {
+            "label in the data": f"{r['name']} ({r['ontology_term_id']})",
+            "cells": ", ".join(f"{k} {v}" for k, v in r["cells"].items()),
+            "fate": r["fate"],
+        }
+        for r in rows
+    ]
+    unknown = [r["name"] for r in rows if "dropped" in r["fate"]]
+    cap = ref.get("cap_per_class")
+    capped = (
+        f"\nCap & fill: each class at most {cap['cap']} cells, drawn evenly from the reference files "
+        f"({cap['cells_before']} cells before).\n"
+        if cap
+        else ""
+    )
+    return f"""
+### Labels harmonised across the reference files
+Each cell's Cell Ontology id; a type labelled finely in one file and coarsely in another is trained at the
+coarser term, types with too few cells are dropped (model_zoo/harmonise.py). **Types the model does not
+know** (dropped; their cells should come out coarser or `Unassigned`): {", ".join(unknown) or "none"}.
+{capped}
+{_table(table, ["label in the data", "cells", "fate"])}"""
+
+
+def _panel(ref: dict) -> str:
+    panel = ref.get("panel")
+    if not panel:
+        return ""
+    return (
+        f"\n### Panel-exact\nTrained on exactly the genes of `{panel['file']}`: {panel['genes_used']} of its "
+        f"{panel['genes_listed']} genes are in the reference (gene list sha256 `{panel['sha256']}`).\n"
+    )
 
 
 def _timing(timing: dict | None) -> str:

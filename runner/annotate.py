@@ -241,8 +241,9 @@ def annotate(
 
 def _predict(query, first: sp.csr_matrix, info, genes, params, env_manager: str, batch_size: int):
     """Read, check and align the query a block of cells at a time and run the model on each block
-    (in this process), or on all aligned blocks at once in the model's own environment. ``first``: the
-    first block, already read and checked.
+    (in this process), or on all aligned blocks at once: in the model's own environment, or when the model
+    maps the whole query (``scanvi``: one scArches surgery for the query, so that no label depends on the
+    block size). ``first``: the first block, already read and checked.
 
     Returns the model's output (one row per cell), the :class:`runner.query.Cells` found, and where it ran.
     """
@@ -250,6 +251,7 @@ def _predict(query, first: sp.csr_matrix, info, genes, params, env_manager: str,
     manager = choose_manager(env_manager, spec)
     environment: dict = {"manager": manager}
     model = load_pyfunc(info) if manager == "local" else None
+    per_block = model is not None and not info.maps_whole_query
     outputs, totals, in_model = [], [], []
     n_blocks = -(-query.n_obs // batch_size)
     blocks = _aligned_blocks(query, first, genes.alignment, batch_size)
@@ -259,19 +261,25 @@ def _predict(query, first: sp.csr_matrix, info, genes, params, env_manager: str,
         ):
             totals.append(total)
             in_model.append(total_in_model)
-            if model is not None:
-                outputs.append(predict_batch(model, aligned, (params or {}) | {keys.CELL_TOTALS: total}))
-            else:
-                outputs.append(aligned)
+            outputs.append(predict_batch(model, aligned, _with_totals(params, total)) if per_block else aligned)
     cells = check_cells(np.concatenate(totals), np.concatenate(in_model), query.obs_names)
     for line in cells.warnings() + genes.warnings:
         logger.warning(line)
-    if model is not None:
+    if per_block:
         return pd.concat(outputs, ignore_index=True), cells, environment
+    counts, cell_totals = sp.vstack(outputs, format="csr"), np.concatenate(totals)
+    if model is not None:  # the whole query in one call
+        with model_threads():
+            return predict_batch(model, counts, _with_totals(params, cell_totals)), cells, environment
     python, record = ensure_env(spec, manager)
     environment |= {"key": record["key"], "reused": record["reused"], "build_seconds": record["seconds"]}
-    counts = sp.vstack(outputs, format="csr")
-    return predict_in_env(python, info, counts, np.concatenate(totals), params, batch_size), cells, environment
+    in_env_batch = counts.shape[0] if info.maps_whole_query else batch_size
+    return predict_in_env(python, info, counts, cell_totals, params, max(in_env_batch, 1)), cells, environment
+
+
+def _with_totals(params: dict | None, totals: np.ndarray) -> dict:
+    """``params`` with each cell's total count over all the query's genes (the model's novelty score)."""
+    return (params or {}) | {keys.CELL_TOTALS: totals}
 
 
 def _aligned_blocks(

@@ -439,6 +439,13 @@ def build(
     timing_cells: Annotated[
         int, typer.Option(help="Cells annotated to time the model for its card (0: skip).")
     ] = 10_000,
+    genes_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Train on exactly the genes of this query (.h5ad) or gene list (one a line): a model for a "
+            "targeted panel (MERFISH, Xenium, CosMx)."
+        ),
+    ] = None,
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
@@ -450,6 +457,7 @@ def build(
     command = [sys.executable, "-m", "model_zoo.build", recipe, "--out", str(out), "--timing-cells", str(timing_cells)]
     command += [arg for path in reference for arg in ("--reference", str(path))]
     command += [arg for item in param or [] for arg in ("--param", item)]
+    command += ["--genes-from", str(genes_from)] if genes_from else []
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
     if done.returncode != 0:
         raise typer.Exit(1)

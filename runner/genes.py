@@ -260,14 +260,36 @@ def align_genes(
     )
 
 
-def check_overlap(alignment: Alignment, model_id_type: str, min_fraction: float, example_names) -> None:
-    """Refuse a query that shares too few genes with the model, and say what to try."""
+PANEL_HINT_FRACTION = 0.5  # below this share of the model's genes, annotate suggests a panel-exact model
+
+
+def panel_hint(model_name: str) -> str:
+    return (
+        f"for a targeted panel (MERFISH, Xenium, CosMx) train a model on exactly the query's genes: "
+        f"cellzoo build {model_name} --reference REFERENCE.h5ad --genes-from QUERY"
+    )
+
+
+def check_overlap(
+    alignment: Alignment, model_id_type: str, min_fraction: float, example_names, model_name: str = "RECIPE"
+) -> None:
+    """Refuse a query that shares too few genes with the model, and say what to try; warn, with the
+    panel-exact build to try, when it shares fewer than ``PANEL_HINT_FRACTION`` of them."""
     if alignment.fraction >= min_fraction and alignment.n_present > 0:
+        if alignment.fraction < PANEL_HINT_FRACTION:
+            logger.warning(
+                "only %d of the model's %d genes (%.1f%%) are in the query: the answers rest on few genes; %s",
+                alignment.n_present,
+                len(alignment.present),
+                100 * alignment.fraction,
+                panel_hint(model_name),
+            )
         return
     examples = ", ".join(map(str, list(example_names)[:3]))
     raise InputError(
         f"only {alignment.n_present} of the model's {len(alignment.present)} genes "
         f"({alignment.fraction:.1%}) are in the query (genes from {alignment.source}, e.g. {examples}); "
         f"at least {min_fraction:.0%} are needed. The model uses gene {model_id_type}s: pass --gene-column "
-        "with the var column that holds them, check the species, or lower --min-gene-overlap at your own risk."
+        "with the var column that holds them, check the species, or lower --min-gene-overlap at your own risk; "
+        + panel_hint(model_name)
     )

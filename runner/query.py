@@ -295,7 +295,7 @@ def check_genes(
         alignment.n_before,
         alignment.source,
     )
-    check_overlap(alignment, info.gene_id_type, min_gene_overlap, names)
+    check_overlap(alignment, info.gene_id_type, min_gene_overlap, names, info.name)
     unknown = species.name == "unknown"
     warnings = [f"species not recognised from the gene names ({species.evidence})"] if unknown else []
     return GeneCheck(id_type(names), species, alignment, warnings)

@@ -31,8 +31,18 @@ def main(request_path: str) -> int:
             return params or None
         return params | {"cell_totals": totals[start : start + batch_size]}
 
+    # a PythonModel's own predict, as runner.invoke.call_predict calls it (MLflow's check of every element of
+    # params['cell_totals'] costs more than the model); the worker imports nothing of cellzoo, so it is restated
+    wrapper = getattr(model, "_model_impl", None)
+    python_model = getattr(wrapper, "python_model", None)
+
+    def predict(block, block_params):
+        if python_model is None:
+            return model.predict(block, params=block_params)
+        return python_model.predict(getattr(wrapper, "context", None), block, params=block_params)
+
     frames = [
-        model.predict(counts[start : start + batch_size], params=batch_params(start))
+        predict(counts[start : start + batch_size], batch_params(start))
         for start in range(0, counts.shape[0], batch_size)
     ]
     pd.concat(frames, ignore_index=True).to_parquet(request["output"])

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -38,6 +39,13 @@ def truth_terms(dataset: str, labels) -> np.ndarray:
     table = {(r["dataset"], r["label"]): r["ontology_term_id"] for r in rows}
     family = dataset.split("/")[0] + "/*"
     return np.array([table.get((dataset, str(label))) or table[(family, str(label))] for label in labels])
+
+
+def probabilities(adata, key: str) -> pd.DataFrame:
+    """``obsm[K_probabilities]`` (a plain array) as a DataFrame with the class names of ``uns[K]['classes']``."""
+    return pd.DataFrame(
+        np.asarray(adata.obsm[f"{key}_probabilities"]), index=adata.obs_names, columns=adata.uns[key]["classes"]
+    )
 
 
 def unpack_zoo_model(name_version: str, target: Path) -> Path:

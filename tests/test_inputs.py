@@ -15,7 +15,7 @@ import scipy.sparse as sp
 from runner.annotate import annotate
 from runner.genes import HUMAN, MOUSE, ortholog_symbols
 from runner.readers import ReadOptions, read_input
-from tests.conftest import data_file, run_cli
+from tests.conftest import data_file, probabilities, run_cli
 
 pytestmark = pytest.mark.slow
 KANG_MTX = "formats/kang2018_pbmc_filtered_feature_bc_matrix"
@@ -27,7 +27,7 @@ def predictions(path: Path, out: Path, **options) -> pd.DataFrame:
     read_options = ReadOptions(**{k: options.pop(k) for k in list(options) if k in ReadOptions.__dataclass_fields__})
     annotate(path, "pbmc", output=out, read_options=read_options, **options)
     result = ad.read_h5ad(out)
-    frame = result.obsm["pbmc_probabilities"].copy()
+    frame = probabilities(result, "pbmc")
     frame["label"] = result.obs["pbmc_predicted"].astype(str)
     return frame
 

@@ -48,6 +48,20 @@ def test_readme_quickstart_annotates_the_bundled_example(tmp_path):
     assert adata.obs["pbmc_predicted"].notna().all() and "X_pbmc_umap" in adata.obsm
 
 
+def test_readme_lung_quickstart_answers_at_every_level(tmp_path):
+    """The lung block, run from a project folder with ../shared beside it, as in a checkout."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (tmp_path / "shared").symlink_to(ROOT.parent / "shared")
+    done = run_readme_block("quickstart-lung", project)
+    assert done.returncode == 0, done.stderr
+    adata = ad.read_h5ad(project / "lung.h5ad")
+    assert {"immune", "epithelial", "endothelial", "stromal"} <= set(adata.obs["lung_compartment"].astype(str))
+    for level in ("compartment", "lineage"):
+        assert adata.obs[f"lung_{level}_ontology_term_id"].astype(str).str.startswith("CL:").mean() > 0.9
+    assert "lung_novelty" in adata.obs and "capillary endothelial cell" in set(adata.obs["lung_predicted"].astype(str))
+
+
 def test_readme_private_registry_commands(tmp_path):
     """The 'Running a private registry' block, on a model directory as `cellzoo build` writes it."""
     with zipfile.ZipFile(PBMC_ARCHIVE) as zf:

@@ -33,14 +33,23 @@ def test_every_key_survives_write_and_read(annotated, example_copy):
     assert (adata.X != query.X).nnz == 0  # the matrix as read is kept
     predicted = adata.obs["pbmc_predicted"]
     assert isinstance(predicted.dtype, pd.CategoricalDtype)
-    assert set(predicted.cat.categories) == {"B", "MNP", "NK", "T_CD4", "T_CD8", "Unassigned"}
+    assert set(predicted.cat.categories) == set(predicted.unique())  # no unused categories
     unc = adata.obs["pbmc_uncertainty"].to_numpy()
     assert ((unc >= 0) & (unc <= 1)).all()
-    assert (predicted[unc > 0.5] == "Unassigned").all() and (predicted[unc <= 0.5] != "Unassigned").all()
+    kind = adata.obs["pbmc_answer_kind"].astype(str).to_numpy()
+    finest = adata.obs["pbmc_finest"].astype(str).to_numpy()
+    assert (predicted[kind == "finest"].astype(str) == finest[kind == "finest"]).all() and (
+        unc[kind == "finest"] <= 0.5
+    ).all()
+    assert (predicted[np.isin(kind, ["uncertain", "novel"])] == "Unassigned").all()
+    assert (unc[kind == "coarser"] > 0.5).all() and set(finest) <= {"B", "MNP", "NK", "T_CD4", "T_CD8"}
     assigned = predicted != "Unassigned"
     assert adata.obs["pbmc_ontology_term_id"][assigned].str.startswith("CL:").all()
-    probs = adata.obsm["pbmc_probabilities"]
-    assert isinstance(probs, pd.DataFrame) and list(probs.columns) == ["B", "MNP", "NK", "T_CD4", "T_CD8"]
+    assert (adata.obs["pbmc_compartment"][assigned] == "immune").all()  # every class of the model is immune
+    assert (adata.obs["pbmc_novelty"] >= 0).all()
+    probs = adata.obsm["pbmc_probabilities"]  # a plain array, as CELLxGENE and cellxgene-schema need
+    assert isinstance(probs, np.ndarray) and probs.shape == (559, 5)
+    assert list(adata.uns["pbmc"]["classes"]) == ["B", "MNP", "NK", "T_CD4", "T_CD8"]
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
     np.testing.assert_allclose(1 - probs.max(axis=1), unc, atol=1e-5)
     assert adata.obsm["X_pbmc"].shape == (559, 50) and adata.obsm["X_pbmc_umap"].shape == (559, 2)

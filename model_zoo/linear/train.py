@@ -19,7 +19,8 @@ logger = logging.getLogger(__name__)
 
 UNCERTAINTY = (
     "1 - the calibrated probability of the predicted class (temperature scaling fitted on held-out "
-    "reference cells); 0 = certain. Cells above the runner's --unassigned-threshold are 'Unassigned'."
+    "reference cells); 0 = certain. Above the runner's --unassigned-threshold the "
+    "answer backs off to a common Cell Ontology ancestor whose summed probability passes, else 'Unassigned'."
 )
 STORES = (
     "learned parameters (logistic-regression coefficients, PCA loadings) and per-cell PCA/UMAP "

@@ -22,13 +22,17 @@ logger = logging.getLogger(__name__)
 UNCERTAINTY = (
     "1 - the weighted vote share of the predicted label among the cell's nearest reference cells in the "
     "scANVI latent space (the HLCA's label-transfer uncertainty, after scArches query surgery); 0 = all "
-    "neighbours agree. Cells above the runner's --unassigned-threshold are 'Unassigned'."
+    "neighbours agree. Above the runner's --unassigned-threshold the "
+    "answer backs off to a common Cell Ontology ancestor whose summed probability passes, else 'Unassigned'."
 )
 STORES = (
     "the scvi-tools scANVI model directory (model.pt: the torch state dict and setup registry that "
     "scvi-tools saves), and per-cell latent coordinates, labels and UMAP coordinates of the reference, "
     "not its expression"
 )
+# the scArches surgery is fine-tuned on the query: the runner hands the whole query over in one call, so that
+# no cell's label depends on which other cells share its block
+QUERY_MAPPING = "whole_query"
 DEFAULTS = {
     # genes: Seurat v3 highly variable genes (per batch when the reference has several), plus every gene
     # detected in at least min_detection of the reference cells. Measured on Kang 2018 (pbmc-scanvi):

@@ -16,8 +16,8 @@ logger = logging.getLogger(__name__)
 
 UNCERTAINTY = (
     "1 - the calibrated probability of the predicted class (softmax of the boosted trees' margins with a "
-    "temperature fitted on held-out reference cells); 0 = certain. Cells above the runner's "
-    "--unassigned-threshold are 'Unassigned'."
+    "temperature fitted on held-out reference cells); 0 = certain. Above the runner's --unassigned-threshold "
+    "the answer backs off to a common Cell Ontology ancestor whose summed probability passes, else 'Unassigned'."
 )
 STORES = (
     "the boosted trees (xgboost JSON), the PCA loadings of the embedding, and per-cell PCA/UMAP "
