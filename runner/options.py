@@ -103,7 +103,7 @@ def _validate(f: dataclasses.Field, value: Any) -> None:
     if high is None and low is not None and value < low:
         raise UsageError(f"{flag} must be at least {low}, got {value}")
     if (low is not None and value < low) or (high is not None and value > high):
-        raise UsageError(f"{flag} must be within [{low}, {high}], got {value}")
+        raise UsageError(f"{flag} must be within [{low:g}, {high:g}], got {value}")
 
 
 def _storable(value: Any) -> Any:
@@ -141,7 +141,9 @@ class CheckOptions(Options):
 
     counts_layer: str | None = option(None, "Layer holding the raw counts [default: raw.X, else X].")
     gene_column: str | None = option(
-        None, "var column with gene names of the model's id type [default: the one that matches most model genes]."
+        None,
+        "var column with the gene names (var_names: the names themselves) [default: the one that matches the "
+        "most model genes].",
     )
     species_map: bool = option(
         False, "Map genes of another species (human <-> mouse) to the model's by symbol; see README."

@@ -196,17 +196,26 @@ def rebuilt_counts(head: sp.csr_matrix, obs: pd.DataFrame, source: str) -> Rebui
     values = head.data
     if not values.size or not _fractional(values).size or values.min() < 0 or values.max() >= LOG_MAX:
         return None
+    tried = []
     for column in (c for c in LIBRARY_SIZE_COLUMNS if c in obs.columns):
         if not pd.api.types.is_numeric_dtype(obs[column].dtype):
             continue
         sizes = obs[column].to_numpy(dtype=np.float64)
         if not np.isfinite(sizes).all() or (sizes < 0).any():
             continue
+        tried.append(column)
         for target_sum in (*TARGET_SUMS, None):
             rebuild = RebuiltCounts(source, column, sizes, target_sum)
             if rebuild.deviation(head, 0)[1] <= REBUILD_TOLERANCE:
                 logger.info("%s: log1p-normalised, counts rebuilt with obs[%r]", source, column)
                 return rebuild
+    if tried:
+        logger.warning(
+            "%s is not integer, and the library sizes in obs (%s) do not rebuild integer counts from it as "
+            "log1p(counts / size * target sum): not rebuilt",
+            source,
+            ", ".join(tried),
+        )
     return None
 
 
