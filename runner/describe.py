@@ -71,10 +71,10 @@ def inspect_input(
     if kind == HDF5:
         report.add("tree", "\n" + hdf5_tree(path))
     report.problems += found.notes
-    for i, (source, x, _) in enumerate(candidates(adata)):
+    for i, (where, x, _) in enumerate(candidates(adata)):
         matrix = as_csr(x)
         problem = counts_problem(matrix)
-        report.add("" if i else "counts", f"{source}: {describe_values(matrix)}")
+        report.add("" if i else "counts", f"{where}: {describe_values(matrix)}")
         if problem:
             report.add("", f"  not raw counts: {problem}")
     if n_cells > adata.n_obs:

@@ -188,25 +188,24 @@ UNIQUIFIED = re.compile(r"^(?P<symbol>.+)_ENS[A-Z]*G\d{6,}(\.\d+)?$")  # SYMBOL_
 
 
 def gene_name_candidates(var: pd.DataFrame, gene_column: str | None) -> list[tuple[pd.Index, str]]:
-    """Where the query's gene names may be: ``var[gene_column]`` when given, else ``var_names`` and every text
-    column of ``var`` (10x, Bioconductor and CELLxGENE files keep symbols or Ensembl ids there), and last
-    each of those whose duplicate symbols were made unique with their Ensembl id (``PDE4DIP_ENSG00000178104``,
+    """Where the query's gene names may be: ``var[gene_column]`` (or ``var_names``) as given, else ``var_names``
+    and every text column of ``var`` (10x, Bioconductor and CELLxGENE files keep symbols or Ensembl ids there),
+    and last each of those whose duplicate symbols were made unique with their Ensembl id (``PDE4DIP_ENSG00000178104``,
     as scater's ``uniquifyFeatureNames`` writes them) with that suffix taken off."""
     if gene_column == VAR_NAMES and VAR_NAMES not in var.columns:
-        found = [(pd.Index(var.index.astype(str)), VAR_NAMES)]
-    elif gene_column is not None:
+        return [(pd.Index(var.index.astype(str)), VAR_NAMES)]
+    if gene_column is not None:
         if gene_column not in var.columns:
             raise UsageError(
                 f"--gene-column {gene_column!r} is not a column of var ({VAR_NAMES} for the names themselves); "
                 f"columns: {', '.join(var.columns) or 'none'}"
             )
         return [(pd.Index(var[gene_column].astype(str)), f"var[{gene_column!r}]")]
-    else:
-        found = [(pd.Index(var.index.astype(str)), VAR_NAMES)]
-        for column in var.columns:
-            dtype = var[column].dtype
-            if pd.api.types.is_string_dtype(dtype) or isinstance(dtype, pd.CategoricalDtype):
-                found.append((pd.Index(var[column].astype(str)), f"var[{column!r}]"))
+    found = [(pd.Index(var.index.astype(str)), VAR_NAMES)]
+    for column in var.columns:
+        dtype = var[column].dtype
+        if pd.api.types.is_string_dtype(dtype) or isinstance(dtype, pd.CategoricalDtype):
+            found.append((pd.Index(var[column].astype(str)), f"var[{column!r}]"))
     stripped = []
     for names, source in found:
         symbols = names.str.replace(UNIQUIFIED, lambda m: m["symbol"], regex=True)

@@ -189,6 +189,14 @@ class RebuiltCounts:
         )
 
 
+def _smallest_per_cell(counts: sp.csr_matrix) -> np.ndarray:
+    """Each non-empty cell's smallest non-zero value, rounded."""
+    counts = sp.csr_matrix(counts)
+    counts.eliminate_zeros()
+    starts = counts.indptr[:-1][np.diff(counts.indptr) > 0]
+    return np.round(np.minimum.reduceat(counts.data, starts)) if starts.size else np.zeros(0)
+
+
 def rebuilt_counts(head: sp.csr_matrix, obs: pd.DataFrame, source: str) -> RebuiltCounts | None:
     """How to rebuild the raw counts of ``source`` (:class:`RebuiltCounts`), judged on its first cells ``head``:
     ``None`` unless it holds log1p-like values (non-negative, non-integer, below :data:`LOG_MAX`) and a library
@@ -206,7 +214,10 @@ def rebuilt_counts(head: sp.csr_matrix, obs: pd.DataFrame, source: str) -> Rebui
         tried.append(column)
         for target_sum in (*TARGET_SUMS, None):
             rebuild = RebuiltCounts(source, column, sizes, target_sum)
-            if rebuild.deviation(head, 0)[1] <= REBUILD_TOLERANCE:
+            counts, deviation = rebuild.deviation(head, 0)
+            # a target sum that divides the true one also gives integers, multiples of the counts: the true
+            # counts are those whose smallest value is 1 in most cells (any cell with a gene seen once)
+            if deviation <= REBUILD_TOLERANCE and np.median(_smallest_per_cell(counts)) == 1:
                 logger.info("%s: log1p-normalised, counts rebuilt with obs[%r]", source, column)
                 return rebuild
     if tried:
