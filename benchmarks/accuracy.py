@@ -46,12 +46,14 @@ from runner.annotate import annotate
 from runner.errors import CellzooError
 from runner.genes import align_genes
 from runner.keys import UNASSIGNED, ResultKeys
+from runner.options import RunOptions
 
 logger = logging.getLogger("benchmarks.accuracy")
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 DEFAULT_OUT = ROOT / "docs" / "benchmarks"
+LOCAL = RunOptions(env_manager="local")  # the models run in this interpreter
 THRESHOLD = 0.5  # uncertainty above which a cell is flagged: the runner's default, CellTypist's p_thres
 SEED = 0
 KEY = "zoo"  # --key-added of the cellzoo runs
@@ -213,7 +215,7 @@ def train_cellzoo(reference: Reference, work: Path, *, family: str) -> Annotator
 
     def annotate_query(query: QueryData, tmp: Path) -> dict[str, Predictions]:
         out = tmp / "annotated.h5ad"
-        annotate(query.path, str(model_dir), output=out, key_added=KEY, overwrite=True, env_manager="local")
+        annotate(query.path, str(model_dir), output=out, key_added=KEY, overwrite=True, run=LOCAL)
         result = ad.read_h5ad(out)
         out.unlink()
         probabilities = result.obsm[keys.probabilities]

@@ -103,13 +103,15 @@ def celltypist_annotate(path: str, model: str, output: str) -> None:
 def _checked_query(path: str, model_ref: str):
     """The model's info and the query as the runner checks and aligns it (cells x model genes)."""
     from runner.invoke import read_model_info
+    from runner.options import CheckOptions
     from runner.query import check_query
-    from runner.readers import ReadOptions, read_input
+    from runner.readers import read_input
     from runner.resolve import resolve_model_ref
+    from runner.sources import MemoryQuery
 
     info = read_model_info(resolve_model_ref(model_ref).path)
-    adata, _ = read_input(Path(path), ReadOptions())
-    return info, adata, check_query(adata, info)
+    adata, found = read_input(Path(path))
+    return info, adata, check_query(MemoryQuery(adata, found, None), info, CheckOptions())
 
 
 def scanvi_curve(path: str, *epochs: str) -> None:

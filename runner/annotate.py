@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,13 +16,13 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from runner import __version__, keys
-from runner.envs import ENV_MANAGERS, choose_manager, ensure_env, read_env_spec
+from runner.envs import choose_manager, ensure_env, read_env_spec
 from runner.errors import UsageError
 from runner.invoke import load_pyfunc, predict_batch, predict_in_env, read_model_info, run_params
 from runner.keys import ResultKeys
-from runner.query import check_cells, check_genes, checked_counts, row_sums
-from runner.readers import ReadOptions
-from runner.resolve import resolve_model_ref
+from runner.options import CheckOptions, ModelOptions, ReadOptions, RunOptions
+from runner.query import CheckedQuery, check_cells, check_query, checked_counts, row_sums
+from runner.resolve import ResolvedModel
 from runner.sources import open_query
 from runner.tuning import model_threads
 from runner.write import (
@@ -34,44 +35,43 @@ from runner.write import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BATCH_SIZE = 10_000
-DEFAULT_UNASSIGNED_THRESHOLD = 0.5
-DEFAULT_MIN_GENE_OVERLAP = 0.2
-DEFAULT_NOVELTY_THRESHOLD = 1.0
-
 
 @dataclass
 class Summary:
     """What a run did, for the CLI's summary and for tests."""
 
-    output: Path
+    output: Path | None
     table: Path | None
     key: str
     model: str
     n_cells: int
     genes_present: int
     model_genes: int
+    counts: str = "X"
+    counts_rebuilt: bool = False
     label_counts: dict[str, int] = field(default_factory=dict)
     mean_uncertainty: float = 0.0
     environment: str = "local"
+    adata: Any = field(default=None, repr=False)  # the AnnData the results were written into
 
     def lines(self) -> list[str]:
         width = max((len(k) for k in self.label_counts), default=0)
         return [
             f"model       {self.model}",
             f"cells       {self.n_cells}",
+            f"counts      {'warning: ' if self.counts_rebuilt else ''}{self.counts}",
             f"genes       {self.genes_present} of the model's {self.model_genes} "
             f"({self.genes_present / self.model_genes:.1%}) found in the query",
             "labels",
             *(f"  {label:<{width}}  {n}" for label, n in self.label_counts.items()),
             f"uncertainty mean {self.mean_uncertainty:.3f}",
             f"environment {self.environment}",
-            f"output      {self.output}  (key {self.key!r})",
+            *([f"output      {self.output}  (key {self.key!r})"] if self.output else []),
             *([f"table       {self.table}"] if self.table else []),
         ]
 
 
-INPUT_SUFFIXES = (".gz", ".zip", ".tgz", ".tar", ".h5ad", ".h5", ".hdf5", ".loom", ".csv", ".tsv", ".txt")
+INPUT_SUFFIXES = (".gz", ".zip", ".tgz", ".tar", ".h5ad", ".h5", ".hdf5", ".loom", ".zarr", ".csv", ".tsv", ".txt")
 
 
 def default_output(input_path: Path) -> Path:
@@ -87,45 +87,25 @@ def annotate(
     model_ref: str,
     *,
     output: Path | None = None,
+    table: Path | None = None,
     key_added: str | None = None,
     overwrite: bool = False,
-    counts_layer: str | None = None,
-    gene_column: str | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    unassigned_threshold: float = DEFAULT_UNASSIGNED_THRESHOLD,
-    novelty_threshold: float = DEFAULT_NOVELTY_THRESHOLD,
-    backoff: bool = True,
-    min_gene_overlap: float = DEFAULT_MIN_GENE_OVERLAP,
-    species_map: bool = False,
-    table: Path | None = None,
-    read_options: ReadOptions | None = None,
-    trust: bool = False,
-    offline: bool = False,
-    tracking_uri: str | None = None,
-    registries: list[Path] | tuple[Path, ...] = (),
-    env_manager: str = "auto",
-    device: str | None = None,
-    backed: bool | None = None,
+    read: ReadOptions | None = None,
+    checks: CheckOptions | None = None,
+    run: RunOptions | None = None,
+    source: ModelOptions | None = None,
 ) -> Summary:
-    """Annotate the cells of ``input_path`` (any format of :func:`runner.readers.read_input`) with a model.
+    """Annotate the cells of ``input_path`` (any format of :func:`runner.readers.read_input`) with a model: the
+    ``annotate`` command.
 
-    Writes the annotated h5ad to ``output`` (the matrix as read plus all results) and, with
-    ``table``, one row per cell to a csv, tsv or parquet file. The input is never modified; outputs
-    are written to temporary files and renamed into place. See :func:`runner.write.write_results`
-    for every field written. ``trust``, ``offline``, ``tracking_uri`` and ``registries`` are passed
-    to :func:`runner.resolve.resolve_model_ref`; ``env_manager`` says where the model runs
-    (:mod:`runner.envs`); ``device`` (e.g. ``cuda``) is handed to models that accept it. ``backed``
-    streams an h5ad from disk ``batch_size`` cells at a time (``None``: when it is large; see
-    :mod:`runner.sources`), so that memory does not grow with the matrix.
+    Writes the annotated h5ad to ``output`` (the matrix as read plus all results, see :func:`annotate_query`)
+    and, with ``table``, one row per cell to a csv, tsv or parquet file. The input is never modified; outputs
+    are written to temporary files and renamed into place. ``read``, ``checks``, ``run`` and ``source`` are
+    the run's options (:mod:`runner.options`); ``run.backed`` streams an h5ad from disk ``run.batch_size``
+    cells at a time (``None``: when it is large; see :mod:`runner.sources`).
     """
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
-    if env_manager not in ENV_MANAGERS:
-        raise UsageError(f"--env-manager must be one of {', '.join(ENV_MANAGERS)}, got {env_manager!r}")
-    if not 0.0 <= unassigned_threshold <= 1.0:
-        raise UsageError(f"--unassigned-threshold must be within [0, 1], got {unassigned_threshold}")
-    if not novelty_threshold > 0.0:  # also refuses NaN; inf turns the novelty check off
-        raise UsageError(f"--novelty-threshold must be above 0 (inf: off), got {novelty_threshold}")
+    read, checks = read or ReadOptions(), checks or CheckOptions()
+    run, source = run or RunOptions(), source or ModelOptions()
     output = output or default_output(input_path)
     if output.resolve() == input_path.resolve():
         raise UsageError(f"the output {output} is the input; cellzoo never modifies its input: choose another -o")
@@ -134,127 +114,158 @@ def annotate(
             raise UsageError(f"output {path} exists; pass --overwrite to replace it, or choose another path")
     if table is not None:
         check_table_path(table)
-    read_options = read_options or ReadOptions()
 
-    query = open_query(input_path, read_options, counts_layer, backed)
+    query = open_query(input_path, read, checks.counts_layer, run.backed)
     try:
         for note in query.found.notes:
             logger.warning("%s: %s", input_path.name, note)
-        resolved = resolve_model_ref(
-            model_ref, trust=trust, offline=offline, tracking_uri=tracking_uri, registries=registries
-        )
-        info = read_model_info(resolved.path)
-        result_keys = ResultKeys(key_added or info.name)
-        check_keys_free(query.existing(), result_keys, overwrite)
-        first = checked_counts(query.rows(0, batch_size), query.source, query.others)  # fail fast
-        genes = check_genes(
-            query.obs_names,
-            query.var,
-            info,
-            gene_column=gene_column,
-            species_map=species_map,
-            min_gene_overlap=min_gene_overlap,
-        )
-        alignment = genes.alignment
-        options = {
-            keys.UNASSIGNED_THRESHOLD: unassigned_threshold,
-            keys.NOVELTY_THRESHOLD: novelty_threshold,
-            keys.BACKOFF: backoff,
-        } | ({"device": device} if device else {})
-        params = run_params(alignment.present, info.genes, options)
-        with query.output(output) as write_output:  # a streamed query's copy begins now
-            frame, cells, environment = _predict(query, first, info, genes, params, env_manager, batch_size)
-            provenance = {
-                "model": {
-                    "name": info.name,
-                    "version": str(info.metadata.get("version", "")),
-                    "family": str(info.metadata.get("family", "")),
-                    "reference": resolved.reference,
-                    "url": resolved.url,
-                    "sha256": resolved.sha256,
-                    "registry_version": resolved.registry_version,
-                    "tracking_uri": resolved.tracking_uri,
-                    "uncertainty": str(info.metadata.get("uncertainty", "")),
-                },
-                "runner_version": __version__,
-                "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "input": input_path.name,
-                "input_format": query.found.format,
-                "params": {
-                    "env_manager": env_manager,
-                    "environment": environment,
-                    "device": device or "",
-                    "batch_size": batch_size,
-                    "unassigned_threshold": unassigned_threshold,
-                    "novelty_threshold": novelty_threshold,
-                    "backoff": backoff,
-                    "min_gene_overlap": min_gene_overlap,
-                    "counts": query.source,
-                    "gene_names": alignment.source,
-                    "species": genes.species.name,
-                    "species_map": species_map,
-                    "read_options": " ".join(read_options.cli_args()),
-                    "streamed": query.streamed,
-                },
-                "cells": {
-                    "empty": int(cells.empty.sum()),
-                    "no_model_genes": int(cells.no_overlap.sum()),
-                    "duplicate_barcodes": cells.n_duplicate_barcodes,
-                },
-                "gene_overlap": {
-                    "model_genes": len(info.genes),
-                    "present_before_mapping": alignment.n_before,
-                    "present": alignment.n_present,
-                    "fraction": round(alignment.fraction, 4),
-                    "summed_duplicates": alignment.n_duplicates,
-                },
-            }
-            target = query.target()
-            make_barcodes_unique(target)  # before the results, so that every field is indexed by the unique names
-            write_results(
-                target,
-                frame,
-                result_keys,
-                unassigned_threshold=unassigned_threshold,
-                provenance=provenance,
-                no_signal=cells.no_signal,
-            )
-            write_output(target)
-        if table is not None:
-            write_table_atomic(target, result_keys, table)
-        predicted = target.obs[result_keys.predicted]
-        return Summary(
-            output=output,
-            table=table,
-            key=result_keys.key,
-            model=f"{info.name} {provenance['model']['version']} ({resolved.url})",
-            n_cells=target.n_obs,
-            genes_present=alignment.n_present,
-            model_genes=len(info.genes),
-            label_counts={str(k): int(v) for k, v in predicted.value_counts().items() if v},
-            mean_uncertainty=float(np.mean(target.obs[result_keys.uncertainty])),
-            environment=_describe(environment),
+        resolved = source.resolve(model_ref)
+        summary = annotate_query(
+            query, resolved, key_added=key_added, overwrite=overwrite, checks=checks, run=run, read=read, output=output
         )
     finally:
         query.close()
+    if table is not None:
+        write_table_atomic(summary.adata, ResultKeys(summary.key), table)
+        summary.table = table
+    return summary
 
 
-def _predict(query, first: sp.csr_matrix, info, genes, params, env_manager: str, batch_size: int):
+def annotate_query(
+    query,
+    resolved: ResolvedModel,
+    *,
+    key_added: str | None,
+    overwrite: bool,
+    checks: CheckOptions,
+    run: RunOptions,
+    read: ReadOptions | None = None,
+    output: Path | None = None,
+) -> Summary:
+    """The core of every run (the ``annotate`` command and :func:`runner.api.annotate`): check ``query``
+    (:func:`runner.query.check_query`), run the model ``resolved`` over it a block of cells at a time, and
+    write the results into the query's AnnData (:func:`runner.write.write_results`), then to ``output``
+    where the query is a file (:mod:`runner.sources`). Nothing is written unless every block succeeded.
+
+    Writes (key ``K``: ``key_added``, else the model's name)
+    ------
+    ``obs[K_predicted]``, ``obs[K_ontology_term_id]``, ``obs[K_uncertainty]``, ``obs[K_novelty]``,
+    ``obs[K_finest]``, ``obs[K_finest_ontology_term_id]``, ``obs[K_answer_kind]``, ``obs[K_<level>]`` and
+    ``obs[K_<level>_ontology_term_id]`` (compartment, lineage), ``obsm[K_probabilities]`` (cells x classes;
+    ``uns[K]['classes']`` names the columns), ``obsm[X_K]``, ``obsm[X_K_umap]``
+        the model's answers, as :func:`runner.write.write_results` documents them.
+    ``uns[K]``
+        provenance: ``model`` (name, version, family, the reference given, resolved ``url``, ``sha256``,
+        ``registry_version``, ``tracking_uri``, what ``uncertainty`` means), ``runner_version``, ``date``
+        (UTC), ``input`` (file name; '' for an AnnData), ``input_format``, ``params`` (every option of
+        ``checks`` and ``run``; ``environment``: where the model ran; ``counts``: where the raw counts came
+        from, and how they were rebuilt from log1p-normalised values if they were; ``gene_names``: where the
+        gene names came from and any mapping; ``species``; ``read_options``: the reading flags; ``streamed``),
+        ``cells`` (the numbers of ``empty``, ``no_model_genes`` and ``duplicate_barcodes`` cells) and
+        ``gene_overlap`` (``model_genes``, ``present_before_mapping``, ``present``, ``fraction``,
+        ``summed_duplicates``).
+    """
+    info = read_model_info(resolved.path)
+    result_keys = ResultKeys(key_added or info.name)
+    check_keys_free(query.existing(), result_keys, overwrite)
+    checked = check_query(query, info, checks, run.batch_size)  # the first block, checked: fail fast
+    alignment = checked.alignment
+    answer_options = {
+        keys.UNASSIGNED_THRESHOLD: run.unassigned_threshold,
+        keys.NOVELTY_THRESHOLD: run.novelty_threshold,
+        keys.BACKOFF: run.backoff,
+    }
+    params = run_params(alignment.present, info.genes, answer_options | ({"device": run.device} if run.device else {}))
+    with query.output(output) as write_output:  # a streamed query's copy begins now
+        frame, cells, environment = _predict(query, checked, info, params, run)
+        if query.rebuild is not None:
+            logger.warning("%s", query.rebuild.describe())
+        provenance = {
+            "model": {
+                "name": info.name,
+                "version": str(info.metadata.get("version", "")),
+                "family": str(info.metadata.get("family", "")),
+                "reference": resolved.reference,
+                "url": resolved.url,
+                "sha256": resolved.sha256,
+                "registry_version": resolved.registry_version,
+                "tracking_uri": resolved.tracking_uri,
+                "uncertainty": str(info.metadata.get("uncertainty", "")),
+            },
+            "runner_version": __version__,
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "input": query.found.path.name if query.found.path else "",
+            "input_format": query.found.format,
+            "params": {
+                **run.provenance(),
+                **checks.provenance(),
+                "environment": environment,
+                "counts": query.counts,
+                "gene_names": alignment.source,
+                "species": checked.genes.species.name,
+                "read_options": " ".join(read.cli_args()) if read else "",
+                "streamed": query.streamed,
+            },
+            "cells": {
+                "empty": int(cells.empty.sum()),
+                "no_model_genes": int(cells.no_overlap.sum()),
+                "duplicate_barcodes": cells.n_duplicate_barcodes,
+            },
+            "gene_overlap": {
+                "model_genes": len(info.genes),
+                "present_before_mapping": alignment.n_before,
+                "present": alignment.n_present,
+                "fraction": round(alignment.fraction, 4),
+                "summed_duplicates": alignment.n_duplicates,
+            },
+        }
+        target = query.target()
+        if query.rename_duplicate_barcodes:
+            make_barcodes_unique(target)  # before the results, so that every field is indexed by the unique names
+        write_results(
+            target,
+            frame,
+            result_keys,
+            unassigned_threshold=run.unassigned_threshold,
+            provenance=provenance,
+            no_signal=cells.no_signal,
+        )
+        write_output(target)
+    predicted = target.obs[result_keys.predicted]
+    return Summary(
+        output=output,
+        table=None,
+        key=result_keys.key,
+        model=f"{info.name} {provenance['model']['version']} ({resolved.url})",
+        n_cells=target.n_obs,
+        genes_present=alignment.n_present,
+        model_genes=len(info.genes),
+        counts=query.counts,
+        counts_rebuilt=query.rebuild is not None,
+        label_counts={str(k): int(v) for k, v in predicted.value_counts().items() if v},
+        mean_uncertainty=float(np.mean(target.obs[result_keys.uncertainty])),
+        environment=_describe(environment),
+        adata=target,
+    )
+
+
+def _predict(query, checked: CheckedQuery, info, params, run: RunOptions):
     """Read, check and align the query a block of cells at a time and run the model on each block
     (in this process), or on all aligned blocks at once: in the model's own environment, or when the model
     maps the whole query (``scanvi``: one scArches surgery for the query, so that no label depends on the
-    block size). ``first``: the first block, already read and checked.
+    block size). ``checked``: the first block, already read and checked, and the query's genes.
 
     Returns the model's output (one row per cell), the :class:`runner.query.Cells` found, and where it ran.
     """
     spec = read_env_spec(info.path)
-    manager = choose_manager(env_manager, spec)
+    manager = choose_manager(run.env_manager, spec)
+    batch_size = run.batch_size
     environment: dict = {"manager": manager}
     model = load_pyfunc(info) if manager == "local" else None
     per_block = model is not None and not info.maps_whole_query
     outputs, totals, in_model = [], [], []
     n_blocks = -(-query.n_obs // batch_size)
-    blocks = _aligned_blocks(query, first, genes.alignment, batch_size)
+    blocks = _aligned_blocks(query, checked, batch_size)
     with model_threads():
         for total, total_in_model, aligned in tqdm(
             blocks, total=n_blocks, desc="annotate", unit="batch", disable=n_blocks < 2
@@ -263,7 +274,7 @@ def _predict(query, first: sp.csr_matrix, info, genes, params, env_manager: str,
             in_model.append(total_in_model)
             outputs.append(predict_batch(model, aligned, _with_totals(params, total)) if per_block else aligned)
     cells = check_cells(np.concatenate(totals), np.concatenate(in_model), query.obs_names)
-    for line in cells.warnings() + genes.warnings:
+    for line in cells.warnings() + checked.genes.warnings:
         logger.warning(line)
     if per_block:
         return pd.concat(outputs, ignore_index=True), cells, environment
@@ -283,18 +294,18 @@ def _with_totals(params: dict | None, totals: np.ndarray) -> dict:
 
 
 def _aligned_blocks(
-    query, first: sp.csr_matrix, alignment, batch_size: int
+    query, checked: CheckedQuery, batch_size: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray, sp.csr_matrix]]:
     """Each block of cells read, checked for counts and aligned to the model's genes: (each cell's total count,
-    its total over the model's genes, the aligned counts); ``first`` is the first block, already checked. The
+    its total over the model's genes, the aligned counts); the first block is ``checked.first``. The
     next block is prepared in a second thread while the model runs on this one."""
 
     def prepare(start: int) -> tuple[np.ndarray, np.ndarray, sp.csr_matrix]:
         if start == 0:
-            counts = first
+            counts, aligned = checked.first, checked.aligned
         else:
             counts = checked_counts(query.rows(start, start + batch_size), query.source, query.others)
-        aligned = alignment.apply(counts)
+            aligned = checked.alignment.apply(counts)
         return row_sums(counts), row_sums(aligned), aligned
 
     with ThreadPoolExecutor(max_workers=1) as pool:

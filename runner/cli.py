@@ -13,12 +13,15 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from runner import __version__
 from runner.errors import CellzooError
+from runner.options import CheckOptions, ModelOptions, Options, ReadOptions, RunOptions
 from runner.tuning import one_shot_process
 
 annotate_app = typer.Typer(
@@ -34,38 +37,44 @@ cellzoo_app.add_typer(cache_app, name="cache")
 cellzoo_app.add_typer(envs_app, name="envs")
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Say more (debug logging).")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")]
-Genome = Annotated[str | None, typer.Option(help="10x HDF5 with several genomes: the one to read.")]
-Orientation = Annotated[
-    str | None, typer.Option(help="Tables and HDF5: cells-by-genes or genes-by-cells [default: detected].")
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors (libraries' too).")]
+
+
+def _flag(cls: type[Options], name: str, *names: str) -> Any:
+    """The typer option of a declared option (:mod:`runner.options`): its help text, and its flag names."""
+    return typer.Option(*names, help=cls.help(name).replace("[default", "\\[default"))
+
+
+Genome = Annotated[str | None, _flag(ReadOptions, "genome")]
+Orientation = Annotated[str | None, _flag(ReadOptions, "orientation")]
+Transpose = Annotated[bool, _flag(ReadOptions, "transpose")]
+MatrixKey = Annotated[str | None, _flag(ReadOptions, "matrix_key")]
+ObsKey = Annotated[str | None, _flag(ReadOptions, "obs_key")]
+VarKey = Annotated[str | None, _flag(ReadOptions, "var_key")]
+CountsLayer = Annotated[str | None, _flag(CheckOptions, "counts_layer")]
+GeneColumn = Annotated[str | None, _flag(CheckOptions, "gene_column")]
+MinGeneOverlap = Annotated[float, _flag(CheckOptions, "min_gene_overlap")]
+SpeciesMap = Annotated[bool, _flag(CheckOptions, "species_map")]
+Registries = Annotated[list[Path] | None, _flag(ModelOptions, "registries", "--registry")]
+Trust = Annotated[bool, _flag(ModelOptions, "trust")]
+Offline = Annotated[bool, typer.Option(envvar="CELLZOO_OFFLINE", help=ModelOptions.help("offline"))]
+TrackingUri = Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI", help=ModelOptions.help("tracking_uri"))]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"cellzoo {__version__}")
+        raise typer.Exit()
+
+
+Version = Annotated[
+    bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
 ]
-Transpose = Annotated[bool, typer.Option(help="Flip the detected orientation of a table or HDF5 matrix.")]
-MatrixKey = Annotated[str | None, typer.Option(help="Other HDF5: path of the matrix (see `cellzoo inspect`).")]
-ObsKey = Annotated[str | None, typer.Option(help="Other HDF5: path of the cell names.")]
-VarKey = Annotated[str | None, typer.Option(help="Other HDF5: path of the gene names.")]
-CountsLayer = Annotated[str | None, typer.Option(help="Layer holding the raw counts.")]
-GeneColumn = Annotated[str | None, typer.Option(help="var column with gene names of the model's id type.")]
-MinGeneOverlap = Annotated[
-    float, typer.Option(help="Refuse queries with fewer of the model's genes than this fraction.")
-]
-SpeciesMap = Annotated[
-    bool, typer.Option(help="Map genes of another species (human <-> mouse) to the model's by symbol; see README.")
-]
-Registries = Annotated[
-    list[Path] | None,
-    typer.Option(
-        "--registry", help="A user registry file layered over the zoo's (repeatable; also $CELLZOO_REGISTRIES)."
-    ),
-]
-Trust = Annotated[
-    bool,
-    typer.Option(help="Load a model that is neither in a registry nor pinned by sha256 (its code will run)."),
-]
-Offline = Annotated[bool, typer.Option(envvar="CELLZOO_OFFLINE", help="Use no network: only cached or local models.")]
-TrackingUri = Annotated[
-    str | None,
-    typer.Option(envvar="MLFLOW_TRACKING_URI", help="MLflow tracking server for models:/ and runs:/ references."),
-]
+
+
+def _options(cls: type[Options], values: dict[str, Any]) -> Any:
+    """An option object from a command's parameters of the same names (those that are command-line flags)."""
+    return cls(**{f.name: values[f.name] for f in fields(cls) if f.metadata["flag"] is not None and f.name in values})
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
@@ -73,6 +82,8 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
     for noisy in ("mlflow", "numba", "h5py", "urllib3", "filelock", "anndata"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # libraries that set up their own loggers when imported (scvi-tools, lightning) are quietened here too
+    logging.disable(logging.INFO if quiet else logging.NOTSET)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # fail in seconds, not minutes
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
@@ -94,15 +105,31 @@ def _user_errors() -> Iterator[None]:
         raise _fail(err) from None
 
 
+@contextlib.contextmanager
+def _running() -> Iterator[None]:
+    """A command's run: the runner's errors as a message and exit code, and whatever the libraries print while
+    it runs (scvi-tools' log lines go to stdout) sent to stderr, so that stdout holds the command's results
+    alone (printed after)."""
+    with _user_errors(), contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
 def _table(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         typer.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
+@cellzoo_app.callback()
+def cellzoo_main(version: Version = False) -> None:
+    """cellzoo: the model zoo and its tools."""
+
+
 @annotate_app.command()
 def annotate(
-    input: Annotated[Path, typer.Argument(help="Query: .h5ad, .loom, 10x .h5 / folder / .zip / .tar.gz, table, HDF5.")],
+    input: Annotated[
+        Path, typer.Argument(help="Query: .h5ad, .zarr, .loom, 10x .h5 / folder / .zip / .tar.gz, table, HDF5.")
+    ],
     model: Annotated[
         str,
         typer.Option(
@@ -126,85 +153,40 @@ def annotate(
     matrix_key: MatrixKey = None,
     obs_key: ObsKey = None,
     var_key: VarKey = None,
-    batch_size: Annotated[int, typer.Option(help="Cells read and annotated at a time.")] = 10_000,
-    backed: Annotated[
-        bool | None,
-        typer.Option(
-            "--backed/--in-memory",
-            help="h5ad: stream the matrix from disk a batch at a time, or read it whole "
-            "\\[default: stream from 100,000 cells].",
-            show_default=False,
-        ),
-    ] = None,
-    unassigned_threshold: Annotated[
-        float,
-        typer.Option(
-            help="An answer needs a probability of at least 1 - this (its class's, or with back-off the summed "
-            "probability of a common ancestor's classes); below that a cell is 'Unassigned'."
-        ),
-    ] = 0.5,
-    novelty_threshold: Annotated[
-        float,
-        typer.Option(
-            help="Cells whose novelty score is above this are 'Unassigned' (1.0: fewer than 1% of cells like the "
-            "reference's pass it; inf: off)."
-        ),
-    ] = 1.0,
-    backoff: Annotated[
-        bool,
-        typer.Option(
-            help="Answer with the most specific common Cell Ontology ancestor when the finest classes are in doubt."
-        ),
-    ] = True,
-    min_gene_overlap: MinGeneOverlap = 0.2,
-    env_manager: Annotated[
-        str,
-        typer.Option(
-            help="Where the model runs: auto (in-process when this interpreter meets the model's pins, else its "
-            "own environment), local, uv, virtualenv."
-        ),
-    ] = "auto",
-    device: Annotated[
-        str | None, typer.Option(help="Device for models that take one (xgboost, scanvi): cpu or cuda.")
-    ] = None,
+    batch_size: Annotated[int, _flag(RunOptions, "batch_size")] = RunOptions.batch_size,
+    backed: Annotated[bool | None, _flag(RunOptions, "backed", "--backed/--in-memory")] = None,
+    unassigned_threshold: Annotated[float, _flag(RunOptions, "unassigned_threshold")] = RunOptions.unassigned_threshold,
+    novelty_threshold: Annotated[float, _flag(RunOptions, "novelty_threshold")] = RunOptions.novelty_threshold,
+    backoff: Annotated[bool, _flag(RunOptions, "backoff", "--backoff/--no-backoff")] = RunOptions.backoff,
+    min_gene_overlap: MinGeneOverlap = CheckOptions.min_gene_overlap,
+    env_manager: Annotated[str, _flag(RunOptions, "env_manager")] = RunOptions.env_manager,
+    device: Annotated[str | None, _flag(RunOptions, "device")] = None,
     trust: Trust = False,
     offline: Offline = False,
     tracking_uri: TrackingUri = None,
-    registry: Registries = None,
+    registries: Registries = None,
     verbose: Verbose = False,
     quiet: Quiet = False,
+    version: Version = False,
 ) -> None:
     """Annotate INPUT with MODEL and write predictions, uncertainties, probabilities, embedding and UMAP."""
     one_shot_process()
     _setup_logging(verbose, quiet)
     from runner.annotate import annotate as run_annotate
-    from runner.readers import ReadOptions
 
-    options = ReadOptions(genome, orientation, transpose, matrix_key, obs_key, var_key)
-    with _user_errors():
+    values = locals() | {"registries": registries or ()}
+    with _running():
         summary = run_annotate(
             input,
             model,
             output=output,
+            table=table,
             key_added=key_added,
             overwrite=overwrite,
-            counts_layer=counts_layer,
-            gene_column=gene_column,
-            batch_size=batch_size,
-            unassigned_threshold=unassigned_threshold,
-            novelty_threshold=novelty_threshold,
-            backoff=backoff,
-            min_gene_overlap=min_gene_overlap,
-            species_map=species_map,
-            table=table,
-            read_options=options,
-            trust=trust,
-            offline=offline,
-            tracking_uri=tracking_uri,
-            registries=registry or (),
-            env_manager=env_manager,
-            device=device,
-            backed=backed,
+            read=_options(ReadOptions, values),
+            checks=_options(CheckOptions, values),
+            run=_options(RunOptions, values),
+            source=_options(ModelOptions, values),
         )
     for line in summary.lines():
         typer.echo(line)
@@ -225,25 +207,19 @@ def inspect(
     matrix_key: MatrixKey = None,
     obs_key: ObsKey = None,
     var_key: VarKey = None,
-    min_gene_overlap: MinGeneOverlap = 0.2,
+    min_gene_overlap: MinGeneOverlap = CheckOptions.min_gene_overlap,
     verbose: Verbose = False,
+    quiet: Quiet = False,
 ) -> None:
     """Say what INPUT holds and what the checks find, and print the `annotate` command that works. Writes nothing."""
     one_shot_process()
-    _setup_logging(verbose, quiet=not verbose)
+    _setup_logging(verbose, quiet=quiet or not verbose)
     from runner.describe import inspect_input
-    from runner.readers import ReadOptions
 
-    options = ReadOptions(genome, orientation, transpose, matrix_key, obs_key, var_key)
-    with _user_errors():
+    values = locals()
+    with _running():
         report = inspect_input(
-            input,
-            options,
-            model_ref=model,
-            counts_layer=counts_layer,
-            gene_column=gene_column,
-            species_map=species_map,
-            min_gene_overlap=min_gene_overlap,
+            input, _options(ReadOptions, values), model_ref=model, checks=_options(CheckOptions, values)
         )
     for line in report.lines():
         typer.echo(line)
@@ -255,15 +231,13 @@ def inspect(
 def models_list(registry: Registries = None) -> None:
     """List the registries' models: name, default version, species, tissue, family, cached or not."""
     _setup_logging(False, False)
-    from runner.cache import is_cached
-    from runner.registry import load_registries
+    from runner.api import model_rows
 
     with _user_errors():
-        layered = load_registries(registry or ())
+        found = model_rows(registry or ())
     rows = [("name", "default", "species", "tissue", "family", "cached")]
-    for name in layered.names():
-        e = layered.get(name)
-        rows.append((name, e.version, e.species, e.tissue, e.family, "yes" if is_cached(e.sha256) else "no"))
+    for r in found:
+        rows.append((r["name"], r["version"], r["species"], r["tissue"], r["family"], "yes" if r["cached"] else "no"))
     _table(rows)
 
 

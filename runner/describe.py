@@ -14,8 +14,9 @@ from pathlib import Path
 
 from runner.errors import CellzooError
 from runner.genes import detect_species, id_type
+from runner.options import CheckOptions, ModelOptions, ReadOptions
 from runner.query import as_csr, candidates, check_query, counts_problem, describe_values
-from runner.readers import H5AD, HDF5, TENX_H5, ReadOptions, detect_format, hdf5_tree, read_input, tenx_genomes
+from runner.readers import H5AD, HDF5, TENX_H5, detect_format, hdf5_tree, read_input, tenx_genomes
 
 INSPECT_CELLS = 10_000  # h5ad files are opened backed and checked on their first cells
 ID_WORDS = {"ensembl": "Ensembl ids", "symbol": "symbols"}
@@ -44,12 +45,12 @@ def inspect_input(
     options: ReadOptions,
     *,
     model_ref: str | None = None,
-    counts_layer: str | None = None,
-    gene_column: str | None = None,
-    species_map: bool = False,
-    min_gene_overlap: float = 0.2,
+    checks: CheckOptions | None = None,
+    source: ModelOptions | None = None,
 ) -> Report:
-    """Describe ``path`` and check it against ``model_ref`` (when given), as ``annotate`` would."""
+    """Describe ``path`` and check it against ``model_ref`` (when given), as ``annotate`` would: the same
+    checks (:func:`runner.query.check_query`), trying the options that may fix a problem."""
+    checks, source = checks or CheckOptions(), source or ModelOptions()
     report = Report()
     report.add("file", str(path))
     kind = detect_format(path, options)
@@ -70,10 +71,10 @@ def inspect_input(
     if kind == HDF5:
         report.add("tree", "\n" + hdf5_tree(path))
     report.problems += found.notes
-    for i, (source, x, _) in enumerate(candidates(adata)):
+    for i, (where, x, _) in enumerate(candidates(adata)):
         matrix = as_csr(x)
         problem = counts_problem(matrix)
-        report.add("" if i else "counts", f"{source}: {describe_values(matrix)}")
+        report.add("" if i else "counts", f"{where}: {describe_values(matrix)}")
         if problem:
             report.add("", f"  not raw counts: {problem}")
     if n_cells > adata.n_obs:
@@ -88,24 +89,26 @@ def inspect_input(
     if n_dup:
         report.problems.append(f"{n_dup} duplicate gene names: summed when aligned to a model")
     if model_ref is None:
-        report.command = _command(path, "MODEL", options, counts_layer, species_map, {"gene_column": gene_column})
+        report.command = _command(path, "MODEL", options, checks)
         return report
-    checks = {"gene_column": gene_column, "min_gene_overlap": min_gene_overlap}
-    return _check_with_model(report, adata, path, options, model_ref, counts_layer, species_map, checks)
+    return _check_with_model(report, adata, found, path, options, model_ref, checks, source)
 
 
-def _check_with_model(report, adata, path, options, model_ref, counts_layer, species_map, checks: dict) -> Report:
+def _check_with_model(report, adata, found, path, options, model_ref, checks: CheckOptions, source) -> Report:
     from runner.invoke import read_model_info
-    from runner.resolve import resolve_model_ref
+    from runner.sources import MemoryQuery
 
-    info = read_model_info(resolve_model_ref(model_ref).path)
+    info = read_model_info(source.resolve(model_ref).path)
     report.add("model", f"{info.name} ({info.species}, gene {info.gene_id_type}s, {len(info.genes)} genes)")
-    layers = [counts_layer] if counts_layer else [None, *adata.layers]
-    attempts = [(layer, smap) for smap in dict.fromkeys([species_map, True]) for layer in layers]
+    layers = [checks.counts_layer] if checks.counts_layer else [None, *adata.layers]
+    attempts = [(layer, smap) for smap in dict.fromkeys([checks.species_map, True]) for layer in layers]
     first_error: CellzooError | None = None
     for layer, smap in attempts:
+        attempt = dataclasses.replace(checks, counts_layer=layer, species_map=smap)
         try:
-            checked = check_query(adata, info, counts_layer=layer, species_map=smap, **checks)
+            query = MemoryQuery(adata, found, layer)
+            checked = check_query(query, info, attempt)
+            cells = checked.check_cells(query.obs_names)
         except CellzooError as err:
             first_error = first_error or err
             continue
@@ -116,15 +119,15 @@ def _check_with_model(report, adata, path, options, model_ref, counts_layer, spe
             "overlap",
             f"{a.n_before} of {len(info.genes)} model genes before mapping, {a.n_present} after ({a.fraction:.1%})",
         )
-        report.add("", f"names from {a.source}; counts from {checked.counts.source}")
-        report.problems += checked.warnings
-        report.command = _command(path, model_ref, options, layer, smap, checks)
+        report.add("", f"names from {a.source}; counts from {query.counts}")
+        report.problems += cells.warnings() + checked.genes.warnings
+        report.command = _command(path, model_ref, options, attempt)
         return report
     report.problems.append(str(first_error))
     return report
 
 
-def _command(path, model_ref, options, counts_layer, species_map, checks: dict) -> str:
+def _command(path, model_ref, options: ReadOptions, checks: CheckOptions) -> str:
     from runner.annotate import default_output
 
     args = [
@@ -135,10 +138,4 @@ def _command(path, model_ref, options, counts_layer, species_map, checks: dict) 
         "-o",
         shlex.quote(str(default_output(path))),
     ]
-    args += options.cli_args()
-    args += [f"--counts-layer {shlex.quote(counts_layer)}"] if counts_layer else []
-    gene_column, min_overlap = checks.get("gene_column"), checks.get("min_gene_overlap", 0.2)
-    args += [f"--gene-column {shlex.quote(gene_column)}"] if gene_column else []
-    args += [f"--min-gene-overlap {min_overlap}"] if min_overlap != 0.2 else []
-    args += ["--species-map"] if species_map else []
-    return " ".join(args)
+    return " ".join(args + options.cli_args() + checks.cli_args())

@@ -183,23 +183,68 @@ class Alignment:
         )
 
 
-def query_gene_names(var: pd.DataFrame, gene_column: str | None, model_id_type: str) -> tuple[pd.Index, str]:
-    """The query's gene names in the model's id type: ``var_names``, a ``var`` column, or a translation."""
+VAR_NAMES = "var_names"  # --gene-column var_names: the names themselves, whatever the columns hold
+UNIQUIFIED = re.compile(r"^(?P<symbol>.+)_ENS[A-Z]*G\d{6,}(\.\d+)?$")  # SYMBOL_ENSG...: scater's unique names
+
+
+def gene_name_candidates(var: pd.DataFrame, gene_column: str | None) -> list[tuple[pd.Index, str]]:
+    """Where the query's gene names may be: ``var[gene_column]`` (or ``var_names``) as given, else ``var_names``
+    and every text column of ``var`` (10x, Bioconductor and CELLxGENE files keep symbols or Ensembl ids there),
+    and last each of those whose duplicate symbols were made unique with their Ensembl id (``PDE4DIP_ENSG00000178104``,
+    as scater's ``uniquifyFeatureNames`` writes them) with that suffix taken off."""
+    if gene_column == VAR_NAMES and VAR_NAMES not in var.columns:
+        return [(pd.Index(var.index.astype(str)), VAR_NAMES)]
     if gene_column is not None:
         if gene_column not in var.columns:
             raise UsageError(
-                f"--gene-column {gene_column!r} is not a column of var; columns: {', '.join(var.columns) or 'none'}"
+                f"--gene-column {gene_column!r} is not a column of var ({VAR_NAMES} for the names themselves); "
+                f"columns: {', '.join(var.columns) or 'none'}"
             )
-        return pd.Index(var[gene_column].astype(str)), f"var[{gene_column!r}]"
-    names = pd.Index(var.index.astype(str))
-    if id_type(names) == model_id_type:
-        return names, "var_names"
-    for column in var.columns:  # a var column holding the model's id type, as 10x and Bioconductor export
-        if var[column].dtype == object or isinstance(var[column].dtype, pd.CategoricalDtype):
-            values = pd.Index(var[column].astype(str))
-            if id_type(values) == model_id_type and values.str.len().max() > 0:
-                return values, f"var[{column!r}]"
-    return names, "var_names"
+        return [(pd.Index(var[gene_column].astype(str)), f"var[{gene_column!r}]")]
+    found = [(pd.Index(var.index.astype(str)), VAR_NAMES)]
+    for column in var.columns:
+        dtype = var[column].dtype
+        if pd.api.types.is_string_dtype(dtype) or isinstance(dtype, pd.CategoricalDtype):
+            found.append((pd.Index(var[column].astype(str)), f"var[{column!r}]"))
+    stripped = []
+    for names, source in found:
+        symbols = names.str.replace(UNIQUIFIED, lambda m: m["symbol"], regex=True)
+        if (symbols != names).any():
+            stripped.append((symbols, f"{source} without the _ENSG... suffix of {int((symbols != names).sum())}"))
+    return found + stripped
+
+
+@dataclass(frozen=True)
+class GeneNames:
+    """One candidate for the query's gene names, in the model's id type and species where they could be mapped."""
+
+    names: pd.Index
+    source: str  # where they came from, and any mapping
+    n_before: int  # model genes matched as given
+    n_present: int  # model genes matched after mapping
+
+
+def _mapped_names(
+    names: pd.Index,
+    source: str,
+    model_genes: np.ndarray,
+    *,
+    model_id_type: str,
+    species: str,
+    query_species: str | None,
+) -> GeneNames:
+    """``names`` mapped to the model's species (``--species-map``) and id type (GENCODE table) where that
+    matches more model genes."""
+    n_before = n_found(model_genes, names)
+    if query_species is not None and query_species != species:
+        names = ortholog_symbols(names, query_species, species)
+        source = f"{source} mapped {query_species} -> {species} by symbol (--species-map)"
+    if id_type(names) != model_id_type:
+        translated = translate(names, model_id_type, species)
+        before, after = n_found(model_genes, names), n_found(model_genes, translated)
+        if after > before:
+            names, source = translated, f"{source} mapped {id_type(names)} -> {model_id_type} (GENCODE table)"
+    return GeneNames(names, source, n_before, n_found(model_genes, names))
 
 
 def n_found(model_genes: np.ndarray, names) -> int:
@@ -219,28 +264,27 @@ def align_genes(
 ) -> Alignment:
     """Map the query's genes onto the model's, translating Ensembl ids <-> symbols when needed.
 
-    With ``query_species`` other than the model's ``species`` (``--species-map``), names are first
-    mapped to the model's species by :func:`ortholog_symbols`. Several query genes that map to one
-    model gene (duplicate names, or ids that share a symbol) are summed, with a warning giving their
-    number.
+    The names are taken from ``var[gene_column]``, else from whichever of ``var_names`` and the text columns
+    of ``var`` matches the most model genes (after mapping; ``var_names`` when several match as many). With
+    ``query_species`` other than the model's ``species`` (``--species-map``), names are first mapped to the
+    model's species by :func:`ortholog_symbols`. Several query genes that map to one model gene (duplicate
+    names, or ids that share a symbol) are summed, with a warning giving their number.
     """
-    names, source = query_gene_names(var, gene_column, model_id_type)
-    n_before = n_found(model_genes, names)
-    if query_species is not None and query_species != species:
-        names = ortholog_symbols(names, query_species, species)
-        source = f"{source} mapped {query_species} -> {species} by symbol (--species-map)"
-    if id_type(names) != model_id_type and gene_column is None:
-        translated = translate(names, model_id_type, species)
-        before, after = n_found(model_genes, names), n_found(model_genes, translated)
-        logger.info(
-            "query genes are %s, the model's %s: %d model genes matched before mapping, %d after",
-            id_type(names),
-            model_id_type,
-            before,
-            after,
+    tried = [
+        _mapped_names(
+            names, source, model_genes, model_id_type=model_id_type, species=species, query_species=query_species
         )
-        if after > before:
-            names, source = translated, f"{source} mapped {id_type(names)} -> {model_id_type} (GENCODE table)"
+        for names, source in gene_name_candidates(var, gene_column)
+    ]
+    chosen = max(tried, key=lambda c: (c.n_present, c.n_before))  # the first of equals: var_names before columns
+    if len(tried) > 1:
+        logger.info(
+            "gene names from %s (%d model genes); tried %s",
+            chosen.source,
+            chosen.n_present,
+            ", ".join(f"{c.source}: {c.n_present}" for c in tried if c is not chosen),
+        )
+    names, source, n_before = chosen.names, chosen.source, chosen.n_before
     position = pd.Index(model_genes).get_indexer(names)
     hit = np.flatnonzero(position >= 0)
     matrix = sp.csr_matrix(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,7 @@ from runner.genes import (
     id_type,
     known_gene_fraction,
 )
+from runner.options import CheckOptions
 
 logger = logging.getLogger(__name__)
 
@@ -27,13 +29,6 @@ INTEGER_TOLERANCE = 1e-6  # values this close to an integer are counts written a
 LOG_MAX = 30.0  # non-integer data whose maximum is below this looks log-transformed
 MIN_GENE_SHARE = 0.2  # names of which this share are known genes are gene names
 TOTALS_SPREAD = 1e-3  # non-integer data whose cell totals vary less than this (relative) looks normalised
-
-
-@dataclass(frozen=True)
-class Counts:
-    matrix: sp.csr_matrix  # cells x genes, raw counts
-    var: pd.DataFrame  # the genes of ``matrix``
-    source: str  # "layers['counts']", "raw.X" or "X"
 
 
 def as_csr(x) -> sp.csr_matrix:
@@ -130,6 +125,111 @@ def checked_counts(matrix: sp.csr_matrix, source: str, others) -> sp.csr_matrix:
     return matrix
 
 
+# obs columns holding each cell's library size (scanpy, anndata tutorials, Seurat, Symphony, ...)
+LIBRARY_SIZE_COLUMNS = ("total_counts", "n_counts", "nCount_RNA", "nUMI", "n_umi", "total_UMIs", "library_size")
+TARGET_SUMS = (1e4, 1e6, 1e5, 1e3)  # CP10k (scanpy's tutorials, Seurat, Symphony), CPM, ...
+REBUILD_TOLERANCE = 1e-4  # rebuilt counts this close to an integer (relative; measured on float32 log1p: 5e-7)
+
+
+class RebuiltCounts:
+    """Raw counts rebuilt from log1p-normalised values and the library sizes in ``obs``.
+
+    A query stored as ``x = log1p(counts / size * target_sum)`` (scanpy's ``normalize_total`` + ``log1p``,
+    Seurat's ``LogNormalize``, Symphony) with each cell's library size in ``obs`` (``nUMI``, ``n_counts``,
+    ``total_counts``, ...) holds its counts exactly: ``counts = expm1(x) * size / target_sum``. The target
+    sum is a usual constant (:data:`TARGET_SUMS`) or, where the cells were normalised to another sum (scanpy's
+    default, the median), each cell's own sum of ``expm1(x)``. Every rebuilt value must come back an integer
+    (within :data:`REBUILD_TOLERANCE`, relative), else the block is refused: the rebuild is exact or not made.
+    """
+
+    def __init__(self, source: str, column: str, sizes: np.ndarray, target_sum: float | None):
+        self.source, self.column, self.sizes, self.target_sum = source, column, sizes, target_sum
+        self.max_deviation = 0.0  # the largest relative distance to an integer seen so far
+
+    def deviation(self, matrix: sp.csr_matrix, start: int) -> tuple[sp.csr_matrix, float]:
+        """The rows ``start:`` of ``matrix`` (log1p values) as unrounded counts, and their largest relative
+        distance to an integer."""
+        expm1 = sp.csr_matrix(matrix, dtype=np.float64, copy=True)
+        expm1.data = np.expm1(expm1.data)
+        sizes = self.sizes[start : start + matrix.shape[0]]
+        if self.target_sum is None:
+            sums = row_sums(expm1)
+            scale = np.divide(sizes, sums, out=np.zeros_like(sizes), where=sums > 0)
+        else:
+            scale = sizes / self.target_sum
+        counts = sp.csr_matrix(sp.diags(scale) @ expm1)
+        values = counts.data
+        nearest = np.round(values)
+        deviation = float((np.abs(values - nearest) / np.maximum(nearest, 1)).max()) if values.size else 0.0
+        return counts, deviation
+
+    def __call__(self, matrix: sp.csr_matrix, start: int) -> sp.csr_matrix:
+        """The raw counts of rows ``start:`` given their log1p values ``matrix``; refused unless integers."""
+        counts, deviation = self.deviation(matrix, start)
+        if deviation > REBUILD_TOLERANCE:
+            raise InputError(
+                f"{self.source} looks log1p-normalised and obs[{self.column!r}] holds library sizes, but the counts "
+                f"rebuilt from them (expm1({self.source}) * {self.column} / {self._target()}) are not integers in "
+                f"cells {start}-{start + matrix.shape[0]} (a value {deviation:.2g} from one): pass --counts-layer "
+                "with the layer that holds the raw counts"
+            )
+        self.max_deviation = max(self.max_deviation, deviation)
+        counts.data = np.round(counts.data)
+        counts.eliminate_zeros()
+        return counts
+
+    def _target(self) -> str:
+        return f"{self.target_sum:g}" if self.target_sum else "the cell's sum of expm1"
+
+    def describe(self) -> str:
+        """What was done, for the summary and ``uns[K]['params']['counts']``."""
+        return (
+            f"{self.source} is log1p-normalised: raw counts rebuilt as expm1({self.source}) * obs[{self.column!r}] / "
+            f"{self._target()} (integers within {self.max_deviation:.1g}, relative)"
+        )
+
+
+def _smallest_per_cell(counts: sp.csr_matrix) -> np.ndarray:
+    """Each non-empty cell's smallest non-zero value, rounded."""
+    counts = sp.csr_matrix(counts)
+    counts.eliminate_zeros()
+    starts = counts.indptr[:-1][np.diff(counts.indptr) > 0]
+    return np.round(np.minimum.reduceat(counts.data, starts)) if starts.size else np.zeros(0)
+
+
+def rebuilt_counts(head: sp.csr_matrix, obs: pd.DataFrame, source: str) -> RebuiltCounts | None:
+    """How to rebuild the raw counts of ``source`` (:class:`RebuiltCounts`), judged on its first cells ``head``:
+    ``None`` unless it holds log1p-like values (non-negative, non-integer, below :data:`LOG_MAX`) and a library
+    size column of ``obs`` makes them integers."""
+    values = head.data
+    if not values.size or not _fractional(values).size or values.min() < 0 or values.max() >= LOG_MAX:
+        return None
+    tried = []
+    for column in (c for c in LIBRARY_SIZE_COLUMNS if c in obs.columns):
+        if not pd.api.types.is_numeric_dtype(obs[column].dtype):
+            continue
+        sizes = obs[column].to_numpy(dtype=np.float64)
+        if not np.isfinite(sizes).all() or (sizes < 0).any():
+            continue
+        tried.append(column)
+        for target_sum in (*TARGET_SUMS, None):
+            rebuild = RebuiltCounts(source, column, sizes, target_sum)
+            counts, deviation = rebuild.deviation(head, 0)
+            # a target sum that divides the true one also gives integers, multiples of the counts: the true
+            # counts are those whose smallest value is 1 in most cells (any cell with a gene seen once)
+            if deviation <= REBUILD_TOLERANCE and np.median(_smallest_per_cell(counts)) == 1:
+                logger.info("%s: log1p-normalised, counts rebuilt with obs[%r]", source, column)
+                return rebuild
+    if tried:
+        logger.warning(
+            "%s is not integer, and the library sizes in obs (%s) do not rebuild integer counts from it as "
+            "log1p(counts / size * target sum): not rebuilt",
+            source,
+            ", ".join(tried),
+        )
+    return None
+
+
 def candidate_matrices(adata) -> list[tuple[str, sp.csr_matrix]]:
     """:func:`candidates` as CSR matrices, for the hint when the chosen matrix does not hold counts."""
     return [(source, as_csr(x)) for source, x, _ in candidates(adata)]
@@ -139,14 +239,6 @@ def counts_matrix(adata, layer: str | None = None) -> tuple[str, object, pd.Data
     """Where the raw counts of an in-memory AnnData are (:func:`counts_source`): source, matrix, its var."""
     source = counts_source(layer, adata.layers, adata.raw is not None)
     return next(found for found in candidates(adata) if found[0] == source)
-
-
-def find_counts(adata, layer: str | None = None) -> Counts:
-    """The raw counts of an in-memory AnnData (:func:`counts_matrix`), checked by :func:`checked_counts`."""
-    source, x, var = counts_matrix(adata, layer)
-    matrix = checked_counts(as_csr(x), source, lambda: candidate_matrices(adata))
-    logger.info("counts from %s: %d cells x %d genes", source, *matrix.shape)
-    return Counts(matrix, var, source)
 
 
 def _counts_hint(others, failed: str) -> str:
@@ -226,17 +318,23 @@ class GeneCheck:
 
 @dataclass
 class CheckedQuery:
-    """An in-memory query that passed every check: counts, genes, cells, and the warnings to show."""
+    """A query's first cells and its names, checked before any model runs (:func:`check_query`)."""
 
-    counts: Counts
+    first: sp.csr_matrix  # the first cells' raw counts (the block annotate starts with)
     genes: GeneCheck
-    aligned: sp.csr_matrix  # cells x model genes, raw counts in the model's gene order
-    cells: Cells
-    warnings: list[str] = field(default_factory=list)
 
     @property
     def alignment(self) -> Alignment:
         return self.genes.alignment
+
+    @cached_property
+    def aligned(self) -> sp.csr_matrix:
+        """The first cells' counts in the model's gene order."""
+        return self.alignment.apply(self.first)
+
+    def check_cells(self, obs_names) -> Cells:
+        """:func:`check_cells` on the first cells (all of them, where ``first`` is the whole query)."""
+        return check_cells(row_sums(self.first), row_sums(self.aligned), obs_names[: self.first.shape[0]])
 
 
 def check_orientation(obs_names, var_names) -> None:
@@ -261,15 +359,7 @@ def check_species(species: Species, model_species: str, species_map: bool) -> No
     )
 
 
-def check_genes(
-    obs_names,
-    var: pd.DataFrame,
-    info,
-    *,
-    gene_column: str | None = None,
-    species_map: bool = False,
-    min_gene_overlap: float = 0.2,
-) -> GeneCheck:
+def check_genes(obs_names, var: pd.DataFrame, info, checks: CheckOptions) -> GeneCheck:
     """The checks on the query's names, before its matrix is read: orientation, gene ids, species, overlap.
 
     ``var`` describes the genes of the counts matrix; ``info`` is the model's :class:`runner.invoke.ModelInfo`.
@@ -277,14 +367,14 @@ def check_genes(
     names = var.index
     check_orientation(obs_names, names)
     species = detect_species(names)
-    check_species(species, info.species, species_map)
-    query_species = species.name if species_map and species.name != "unknown" else None
+    check_species(species, info.species, checks.species_map)
+    query_species = species.name if checks.species_map and species.name != "unknown" else None
     alignment = align_genes(
         var,
         info.genes,
         model_id_type=info.gene_id_type,
         species=info.species,
-        gene_column=gene_column,
+        gene_column=checks.gene_column,
         query_species=query_species,
     )
     logger.info(
@@ -295,38 +385,24 @@ def check_genes(
         alignment.n_before,
         alignment.source,
     )
-    check_overlap(alignment, info.gene_id_type, min_gene_overlap, names, info.name)
+    check_overlap(alignment, info.gene_id_type, checks.min_gene_overlap, names, info.name)
     unknown = species.name == "unknown"
     warnings = [f"species not recognised from the gene names ({species.evidence})"] if unknown else []
     return GeneCheck(id_type(names), species, alignment, warnings)
 
 
-def check_query(
-    adata,
-    info,
-    *,
-    counts_layer: str | None = None,
-    gene_column: str | None = None,
-    species_map: bool = False,
-    min_gene_overlap: float = 0.2,
-) -> CheckedQuery:
-    """Every check of an in-memory query, in order: counts, gene ids and species, overlap, cells.
+def check_query(query, info, checks: CheckOptions, n_cells: int | None = None) -> CheckedQuery:
+    """The checks of a query before any model runs, in order; the one sequence of ``annotate`` (a file, or an
+    AnnData through the API) and ``cellzoo inspect``.
 
-    Raises :class:`InputError` (or ``UsageError``) at the first problem; what is only worth a
-    warning is logged and returned. ``annotate`` runs the same checks chunk by chunk (:mod:`runner.annotate`).
+    1. counts: the first ``n_cells`` cells (all: ``None``) are raw counts (:func:`checked_counts`; rebuilt
+       first where the query holds log1p-normalised values and library sizes: :class:`RebuiltCounts`);
+    2. names: orientation, gene ids, species, overlap with the model (:func:`check_genes`).
+
+    The cells (:func:`check_cells`) are checked once every block has been read. ``query`` is a source of
+    counts (:class:`runner.sources.MemoryQuery` or :class:`runner.sources.StreamedH5ad`): ``rows``,
+    ``source``, ``others``, ``obs_names``, ``var``. Raises :class:`InputError` (or ``UsageError``) at the
+    first problem.
     """
-    counts = find_counts(adata, counts_layer)
-    genes = check_genes(
-        adata.obs_names,
-        counts.var,
-        info,
-        gene_column=gene_column,
-        species_map=species_map,
-        min_gene_overlap=min_gene_overlap,
-    )
-    aligned = genes.alignment.apply(counts.matrix)
-    cells = check_cells(row_sums(counts.matrix), row_sums(aligned), adata.obs_names)
-    warnings = cells.warnings() + genes.warnings
-    for line in warnings:
-        logger.warning(line)
-    return CheckedQuery(counts, genes, aligned, cells, warnings)
+    first = checked_counts(query.rows(0, n_cells or query.n_obs), query.source, query.others)
+    return CheckedQuery(first, check_genes(query.obs_names, query.var, info, checks))

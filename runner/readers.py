@@ -22,6 +22,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from runner.errors import InputError, UsageError
+from runner.options import CELLS_BY_GENES, GENES_BY_CELLS, ReadOptions
 
 logger = logging.getLogger(__name__)
 
@@ -29,13 +30,11 @@ H5AD = "h5ad"
 LOOM = "loom"
 TENX_H5 = "10x-h5"
 TENX_MTX = "10x-mtx"
+ZARR = "zarr"
 ARCHIVE = "archive"
 TABLE = "table"
 HDF5 = "hdf5"
 
-CELLS_BY_GENES = "cells-by-genes"
-GENES_BY_CELLS = "genes-by-cells"
-ORIENTATIONS = (CELLS_BY_GENES, GENES_BY_CELLS)
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 GZIP_MAGIC = b"\x1f\x8b"
@@ -47,36 +46,10 @@ SPARSE_PARTS = ("data", "indices", "indptr")
 
 
 @dataclass
-class ReadOptions:
-    """How to read an input: the reader options of ``annotate`` and ``cellzoo inspect``."""
-
-    genome: str | None = None  # 10x HDF5 holding several genomes
-    orientation: str | None = None  # tables and generic HDF5: cells-by-genes or genes-by-cells
-    transpose: bool = False  # flip the detected orientation
-    matrix_key: str | None = None  # generic HDF5: path of the matrix
-    obs_key: str | None = None  # generic HDF5: path of the cell names
-    var_key: str | None = None  # generic HDF5: path of the gene names
-    backed: bool = False  # h5ad: open backed (X stays on disk)
-
-    def cli_args(self) -> list[str]:
-        """The command-line options that reproduce these options."""
-        args = [f"--genome {self.genome}"] if self.genome else []
-        args += [f"--orientation {self.orientation}"] if self.orientation else []
-        args += ["--transpose"] if self.transpose else []
-        for flag, value in (
-            ("--matrix-key", self.matrix_key),
-            ("--obs-key", self.obs_key),
-            ("--var-key", self.var_key),
-        ):
-            args += [f"{flag} {value}"] if value else []
-        return args
-
-
-@dataclass
 class InputDescription:
     """What was found in an input: its format, how its matrix was stored, and notes for the user."""
 
-    path: Path
+    path: Path | None  # None: an AnnData given in memory
     format: str
     orientation: str = "cells x genes"
     notes: list[str] = field(default_factory=list)
@@ -100,12 +73,10 @@ def read_input(path: Path, options: ReadOptions | None = None):
 
 def detect_format(path: Path, options: ReadOptions) -> str:
     """The format of ``path`` from its content: a folder is a 10x matrix folder; else the first bytes."""
-    if options.orientation is not None and options.orientation not in ORIENTATIONS:
-        raise UsageError(f"--orientation must be one of {', '.join(ORIENTATIONS)}, got {options.orientation!r}")
     if not path.exists():
         raise UsageError(f"input {path} does not exist")
     if path.is_dir():
-        return TENX_MTX
+        return ZARR if is_zarr_store(path) else TENX_MTX
     with open(path, "rb") as fh:
         head = fh.read(512)
     name = path.name.lower()
@@ -126,6 +97,14 @@ def detect_format(path: Path, options: ReadOptions) -> str:
         f"{path}: unknown input format. cellzoo reads .h5ad, .loom, 10x .h5, 10x matrix folders (and .zip / "
         ".tar.gz of them), .csv/.tsv/.txt tables (optionally .gz), and other HDF5 files with --matrix-key."
     )
+
+
+ZARR_MARKERS = ("zarr.json", ".zgroup", ".zattrs")  # the root of a zarr store (format 3; format 2)
+
+
+def is_zarr_store(path: Path) -> bool:
+    """Whether the folder ``path`` is a zarr store (as ``AnnData.write_zarr`` writes one), not a 10x folder."""
+    return any((path / marker).is_file() for marker in ZARR_MARKERS)
 
 
 def _hdf5_kind(path: Path, options: ReadOptions) -> str:
@@ -176,6 +155,15 @@ def read_h5ad(path: Path, options: ReadOptions):
 
     adata = ad.read_h5ad(path, backed="r" if options.backed else None)
     return adata, InputDescription(path, H5AD + (" (backed)" if options.backed else ""))
+
+
+def read_zarr(path: Path, options: ReadOptions):
+    """An AnnData zarr store (a folder, as ``AnnData.write_zarr`` writes it), read whole."""
+    import anndata as ad
+
+    if not (path / "X").exists() and not (path / "raw").exists() and not (path / "layers").exists():
+        raise InputError(f"{path} is a zarr store but not an AnnData one: it has no X, raw or layers")
+    return ad.read_zarr(path), InputDescription(path, ZARR)
 
 
 LOOM_CELL_NAMES = ("CellID", "obs_names", "cell_names", "barcodes")
@@ -510,6 +498,7 @@ READERS = {
     LOOM: read_loom,
     TENX_H5: read_10x_h5,
     TENX_MTX: read_10x_mtx,
+    ZARR: read_zarr,
     ARCHIVE: read_archive,
     TABLE: read_table,
     HDF5: read_hdf5,

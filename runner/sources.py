@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from runner.errors import InputError, UsageError
-from runner.query import as_csr, candidate_matrices, counts_matrix, counts_source
+from runner.query import as_csr, candidate_matrices, counts_matrix, counts_source, rebuilt_counts
 from runner.readers import H5AD, READ_ERRORS, InputDescription, ReadOptions, detect_format, read_input
 from runner.write import streamed_output, write_h5ad_atomic
 
@@ -29,9 +29,10 @@ HEAD_CELLS = 1_000  # cells of the other matrices of a streamed file read to say
 
 
 class MemoryQuery:
-    """A query read whole into an AnnData; results are written into it and it is written out."""
+    """A query read whole into an AnnData; results are written into it and it is written out to a file."""
 
     streamed = False
+    rename_duplicate_barcodes = True  # the output file's cells get unique names
 
     def __init__(self, adata, found: InputDescription, counts_layer: str | None):
         self.adata, self.found = adata, found
@@ -39,13 +40,20 @@ class MemoryQuery:
         self.matrix = as_csr(x)
         self.obs_names = adata.obs_names
         self.n_obs = adata.n_obs
+        self.rebuild = rebuilt_counts(self.matrix[:HEAD_CELLS], adata.obs, self.source)
+
+    @property
+    def counts(self) -> str:
+        """Where the counts come from, as recorded in ``uns[K]['params']['counts']``."""
+        return self.rebuild.describe() if self.rebuild else self.source
 
     def existing(self) -> tuple[list[str], list[str], list[str]]:
         """The names already used in obs, obsm and uns."""
         return list(self.adata.obs.columns), list(self.adata.obsm), list(self.adata.uns)
 
     def rows(self, start: int, stop: int) -> sp.csr_matrix:
-        return self.matrix[start:stop]
+        block = self.matrix[start:stop]
+        return self.rebuild(block, start) if self.rebuild else block
 
     def others(self) -> list[tuple[str, sp.csr_matrix]]:
         """Every matrix that may hold counts, for the hint when the chosen one does not."""
@@ -64,6 +72,20 @@ class MemoryQuery:
         pass
 
 
+class AnnDataQuery(MemoryQuery):
+    """A user's AnnData in memory (the Python API): the results are written into it, and nothing to a file.
+    Its cell names are left as they are, duplicates included (the caller's object is not renamed)."""
+
+    rename_duplicate_barcodes = False
+
+    def __init__(self, adata, counts_layer: str | None):
+        super().__init__(adata, InputDescription(None, "AnnData (in memory)"), counts_layer)
+
+    @contextlib.contextmanager
+    def output(self, path: Path | None) -> Iterator[Callable]:
+        yield lambda target: None
+
+
 class StreamedH5ad:
     """An h5ad whose counts are read from disk a block of cells at a time (CSR or dense, by row).
 
@@ -72,6 +94,7 @@ class StreamedH5ad:
     """
 
     streamed = True
+    rename_duplicate_barcodes = True
 
     def __init__(self, path: Path, counts_layer: str | None):
         import anndata as ad
@@ -85,6 +108,7 @@ class StreamedH5ad:
             self.var = ad.io.read_elem(f["raw/var" if self.source == "raw.X" else "var"])
             self.obs = ad.io.read_elem(f["obs"])
             self._matrix = _row_reader(element, self.source)
+            self.rebuild = rebuilt_counts(as_csr(self._matrix[:HEAD_CELLS]).copy(), self.obs, self.source)
         except BaseException:
             self.file.close()
             raise
@@ -96,11 +120,14 @@ class StreamedH5ad:
         f = self.file
         return list(self.obs.columns), list(f["obsm"]) if "obsm" in f else [], list(f["uns"]) if "uns" in f else []
 
+    counts = MemoryQuery.counts
+
     def rows(self, start: int, stop: int) -> sp.csr_matrix:
         try:
-            return as_csr(self._matrix[start:stop])
+            block = as_csr(self._matrix[start:stop])
         except READ_ERRORS as err:
             raise InputError(f"{self.path}: cells {start}-{stop} of {self.source} could not be read: {err}") from err
+        return self.rebuild(block, start) if self.rebuild else block
 
     def others(self) -> list[tuple[str, sp.csr_matrix]]:
         """The first cells of every matrix that may hold counts, for the hint when the chosen one does not."""

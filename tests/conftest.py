@@ -114,3 +114,29 @@ def archive_server():
 
     with ArchiveServer(PBMC_ARCHIVE.parent) as server:
         yield server
+
+
+KANG = "pbmc/kang2018_pbmc.h5ad"
+
+
+def ontology_accuracy_of(adata, dataset: str, label_column: str, key: str = "pbmc") -> float:
+    """Cell Ontology-level accuracy of the predictions under ``key`` against the dataset's own labels
+    (``Unassigned`` counted wrong, as the model cards and the README report it)."""
+    from model_zoo.metrics import ontology_accuracy
+
+    truth = truth_terms(dataset, adata.obs[label_column])
+    return ontology_accuracy(adata.obs[f"{key}_ontology_term_id"].astype(str).to_numpy(), truth)
+
+
+def log_normalised(adata, *, target_sum: float | None = 1e4, size_column: str = "nUMI"):
+    """A copy of an AnnData of raw counts as many published files hold it: X = log1p(counts normalised per cell)
+    made by scanpy (``normalize_total``, ``log1p``; float32), each cell's library size in ``obs[size_column]``,
+    no layer or raw with the counts."""
+    import scanpy as sc
+
+    normalised = adata.copy()
+    normalised.obs[size_column] = np.asarray(adata.X.sum(axis=1)).ravel()
+    sc.pp.normalize_total(normalised, target_sum=target_sum)
+    sc.pp.log1p(normalised)
+    normalised.uns.pop("log1p", None)
+    return normalised

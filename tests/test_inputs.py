@@ -14,7 +14,8 @@ import scipy.sparse as sp
 
 from runner.annotate import annotate
 from runner.genes import HUMAN, MOUSE, ortholog_symbols
-from runner.readers import ReadOptions, read_input
+from runner.options import CheckOptions, ReadOptions, split_options
+from runner.readers import read_input
 from tests.conftest import data_file, probabilities, run_cli
 
 pytestmark = pytest.mark.slow
@@ -24,8 +25,8 @@ TENX = "formats/scanpy_test_10x_data"
 
 def predictions(path: Path, out: Path, **options) -> pd.DataFrame:
     """Annotate in-process with the zoo's pbmc model; the written results, indexed by barcode."""
-    read_options = ReadOptions(**{k: options.pop(k) for k in list(options) if k in ReadOptions.__dataclass_fields__})
-    annotate(path, "pbmc", output=out, read_options=read_options, **options)
+    read, checks = split_options(options, (ReadOptions, CheckOptions))
+    annotate(path, "pbmc", output=out, read=read, checks=checks)
     result = ad.read_h5ad(out)
     frame = probabilities(result, "pbmc")
     frame["label"] = result.obs["pbmc_predicted"].astype(str)
@@ -72,8 +73,15 @@ def loom_of(h5ad: Path, loom: Path) -> Path:
     return loom
 
 
+def zarr_of(h5ad: Path, store: Path) -> Path:
+    """The same AnnData written as a zarr store (a folder), as ``AnnData.write_zarr`` writes it."""
+    ad.read_h5ad(h5ad).write_zarr(store)
+    return store
+
+
 KANG_INPUTS = {
     "mtx folder": lambda tmp: data_file(KANG_MTX),
+    "zarr store": lambda tmp: zarr_of(data_file("pbmc/kang2018_pbmc.h5ad"), tmp / "kang.zarr"),
     "zip of the folder": lambda tmp: zip_folder(data_file(KANG_MTX), tmp / "kang.zip"),
     "tar.gz of the folder": lambda tmp: tar_folder(data_file(KANG_MTX), tmp / "kang.tar.gz"),
     "10x h5 (v3)": lambda tmp: data_file("formats/kang2018_pbmc_filtered_feature_bc_matrix.h5"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -70,3 +71,26 @@ def test_readme_private_registry_commands(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "labpbmc" in done.stdout and (tmp_path / "lab" / "models" / "labpbmc-1.0.0.zip").is_file()
     assert ad.read_h5ad(tmp_path / "annotated.h5ad").obs["pbmc_predicted"].notna().all()
+
+
+def readme_python(marker: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    match = re.search(rf"<!-- {marker} -->\n```python\n(.*?)```", text, re.S)
+    assert match, f"README has no '{marker}' python block"
+    return match.group(1)
+
+
+def test_readme_api_example_runs_in_a_notebook_like_process(tmp_path):
+    """The API section's cell, run as a notebook would (from the project folder, a fresh interpreter)."""
+    code = readme_python("api") + "\nassert adata.uns['pbmc']['gene_overlap']['present'] == 474\n"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, "MPLBACKEND": "Agg", "CELLZOO_CACHE_DIR": str(tmp_path / "cache")},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pbmc_predicted" in done.stdout and "'present': 474" in done.stdout
