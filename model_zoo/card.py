@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from model_zoo.harmonise import DROPPED_RARE
+
 HELD_OUT_ROWS = {  # metrics key -> row name in the held-out table
     "held_out": "shipped",
     "held_out_uncalibrated": "uncalibrated (T = 1)",
@@ -118,7 +120,7 @@ def _harmonisation(ref: dict) -> str:
         }
         for r in rows
     ]
-    unknown = [r["name"] for r in rows if "dropped" in r["fate"]]
+    unknown = [r["name"] for r in rows if DROPPED_RARE in r["fate"]]
     cap = ref.get("cap_per_class")
     capped = (
         f"\nCap & fill: each class at most {cap['cap']} cells, drawn evenly from the reference files "
@@ -130,7 +132,7 @@ def _harmonisation(ref: dict) -> str:
 ### Labels harmonised across the reference files
 Each cell's Cell Ontology id; a type labelled finely in one file and coarsely in another is trained at the
 coarser term, types with too few cells are dropped (model_zoo/harmonise.py). **Types the model does not
-know** (dropped; their cells should come out coarser or `Unassigned`): {", ".join(unknown) or "none"}.
+know** (too few cells; such cells should come out coarser or `Unassigned`): {", ".join(unknown) or "none"}.
 {capped}
 {_table(table, ["label in the data", "cells", "fate"])}"""
 
