@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 from runner import __version__
 from runner.envs import ENV_MANAGERS, choose_manager, ensure_env, read_env_spec
 from runner.errors import UsageError
+from runner.files import Outputs, same_file
 from runner.invoke import load_pyfunc, predict_batch, predict_in_env, read_model_info, run_params
 from runner.keys import ResultKeys
 from runner.query import check_cells, check_genes, checked_counts, row_sums
@@ -70,6 +72,7 @@ class Summary:
         ]
 
 
+RESULT_KEY = re.compile(r"^[^/\x00]+$")
 INPUT_SUFFIXES = (".gz", ".zip", ".tgz", ".tar", ".h5ad", ".h5", ".hdf5", ".loom", ".csv", ".tsv", ".txt")
 
 
@@ -79,6 +82,17 @@ def default_output(input_path: Path) -> Path:
     while Path(name).suffix.lower() in INPUT_SUFFIXES and Path(name).stem:
         name = Path(name).stem
     return input_path.resolve().with_name(f"{name}.annotated.h5ad")
+
+
+def check_output_names(input_path: Path, output: Path, table: Path | None, key_added: str | None) -> None:
+    """Refuse outputs that would overwrite the input or each other, and a key that cannot be written."""
+    for flag, path in (("-o", output), ("--table", table)):
+        if path is not None and same_file(path, input_path):
+            raise UsageError(f"{flag} {path} is the input; cellzoo never modifies its input: choose another path")
+    if table is not None and same_file(table, output):
+        raise UsageError(f"-o and --table are both {output}: one would replace the other; give two paths")
+    if key_added is not None and not RESULT_KEY.match(key_added):
+        raise UsageError(f"--key-added {key_added!r}: a key is not empty and holds no '/' (h5ad paths use it)")
 
 
 def annotate(
@@ -122,17 +136,15 @@ def annotate(
     if not 0.0 <= unassigned_threshold <= 1.0:
         raise UsageError(f"--unassigned-threshold must be within [0, 1], got {unassigned_threshold}")
     output = output or default_output(input_path)
-    if output.resolve() == input_path.resolve():
-        raise UsageError(f"the output {output} is the input; cellzoo never modifies its input: choose another -o")
-    for path in (output, table):
-        if path is not None and path.exists() and not overwrite:
-            raise UsageError(f"output {path} exists; pass --overwrite to replace it, or choose another path")
+    check_output_names(input_path, output, table, key_added)
+    outputs = Outputs([output, table], overwrite=overwrite)  # refuses existing ones; removes them if the run fails
     if table is not None:
         check_table_path(table)
     read_options = read_options or ReadOptions()
 
     query = open_query(input_path, read_options, counts_layer, backed)
     try:
+        outputs.claim()  # of several runs writing one path, one wins
         for note in query.found.notes:
             logger.warning("%s: %s", input_path.name, note)
         resolved = resolve_model_ref(
@@ -208,8 +220,11 @@ def annotate(
                 no_signal=cells.no_signal,
             )
             write_output(target)
+            outputs.written(output)
         if table is not None:
             write_table_atomic(target, result_keys, table)
+            outputs.written(table)
+        outputs.keep()
         predicted = target.obs[result_keys.predicted]
         return Summary(
             output=output,
@@ -225,6 +240,7 @@ def annotate(
         )
     finally:
         query.close()
+        outputs.close()
 
 
 def _predict(query, first: sp.csr_matrix, info, genes, params, env_manager: str, batch_size: int):

@@ -87,11 +87,20 @@ def _fail(err: CellzooError) -> typer.Exit:
 
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
-    """Turn the runner's errors into a one-line message and the exit code (no traceback)."""
+    """Turn the runner's errors into a one-line message and the exit code (no traceback). SIGTERM is handled
+    as SIGINT: both stop the command, every temporary file is removed, and it exits with 128 + the signal."""
+    from runner import interrupt
+
+    interrupt.install()
     try:
         yield
+        interrupt.check()
     except CellzooError as err:
         raise _fail(err) from None
+    except KeyboardInterrupt as err:
+        stopped = err if isinstance(err, interrupt.Interrupted) else interrupt.Interrupted(interrupt.HANDLED[0])
+        typer.echo(f"error: stopped by {stopped}; what it was writing was removed", err=True)
+        raise typer.Exit(stopped.exit_code) from None
 
 
 def _table(rows: list[tuple[str, ...]]) -> None:
@@ -296,8 +305,11 @@ def models_pull(
 def models_verify() -> None:
     """Re-hash every cached archive and compare its unpacked files; evict what fails (exit 1 if any)."""
     _setup_logging(False, False)
-    from runner.cache import cached_sha256s, evict, verify_cached
+    from runner.cache import MARKER, cache_dir, cached_sha256s, evict, is_marked, verify_cached
 
+    if not is_marked():
+        typer.echo(f"no cellzoo cache in {cache_dir()} (no {MARKER}): nothing to verify")
+        return
     failed = 0
     for sha256 in cached_sha256s():
         result = verify_cached(sha256)
@@ -341,11 +353,17 @@ def cache_dir_command() -> None:
 
 @cache_app.command("clean")
 def cache_clean() -> None:
-    """Remove every cached model, archive and partial download."""
-    from runner.cache import cache_dir, clean
+    """Remove every cached model, archive and partial download (only what the cache made; none in use)."""
+    from runner.cache import MARKER, cache_dir, clean, is_marked
 
-    freed = clean()
+    if not is_marked():
+        typer.echo(f"no cellzoo cache in {cache_dir()} (no {MARKER}): nothing removed")
+        return
+    with _user_errors():
+        freed, skipped = clean()
     typer.echo(f"removed {freed / 1e6:.1f} MB from {cache_dir()}")
+    if skipped:
+        typer.echo(f"skipped {skipped} entries that a running command is using")
 
 
 @cellzoo_app.command()
