@@ -43,6 +43,9 @@ Transpose = Annotated[bool, typer.Option(help="Flip the detected orientation of 
 MatrixKey = Annotated[str | None, typer.Option(help="Other HDF5: path of the matrix (see `cellzoo inspect`).")]
 ObsKey = Annotated[str | None, typer.Option(help="Other HDF5: path of the cell names.")]
 VarKey = Annotated[str | None, typer.Option(help="Other HDF5: path of the gene names.")]
+ExternalLinks = Annotated[
+    bool, typer.Option("--allow-external-links", help="HDF5: follow links to other files (refused otherwise).")
+]
 CountsLayer = Annotated[str | None, typer.Option(help="Layer holding the raw counts.")]
 GeneColumn = Annotated[str | None, typer.Option(help="var column with gene names of the model's id type.")]
 MinGeneOverlap = Annotated[
@@ -135,6 +138,7 @@ def annotate(
     matrix_key: MatrixKey = None,
     obs_key: ObsKey = None,
     var_key: VarKey = None,
+    allow_external_links: ExternalLinks = False,
     batch_size: Annotated[int, typer.Option(help="Cells read and annotated at a time.")] = 10_000,
     backed: Annotated[
         bool | None,
@@ -172,7 +176,9 @@ def annotate(
     from runner.annotate import annotate as run_annotate
     from runner.readers import ReadOptions
 
-    options = ReadOptions(genome, orientation, transpose, matrix_key, obs_key, var_key)
+    options = ReadOptions(
+        genome, orientation, transpose, matrix_key, obs_key, var_key, external_links=allow_external_links
+    )
     with _user_errors():
         summary = run_annotate(
             input,
@@ -215,6 +221,7 @@ def inspect(
     matrix_key: MatrixKey = None,
     obs_key: ObsKey = None,
     var_key: VarKey = None,
+    allow_external_links: ExternalLinks = False,
     min_gene_overlap: MinGeneOverlap = 0.2,
     verbose: Verbose = False,
 ) -> None:
@@ -224,7 +231,9 @@ def inspect(
     from runner.describe import inspect_input
     from runner.readers import ReadOptions
 
-    options = ReadOptions(genome, orientation, transpose, matrix_key, obs_key, var_key)
+    options = ReadOptions(
+        genome, orientation, transpose, matrix_key, obs_key, var_key, external_links=allow_external_links
+    )
     with _user_errors():
         report = inspect_input(
             input,

@@ -1,0 +1,282 @@
+"""The adversarial corpus of issue 17: every case is generated here, by code, at test time (no committed binaries).
+
+Each group maps a case name to what builds it; the tests of each area run every case and require either
+correct behaviour or one :class:`runner.errors.CellzooError` (from the CLI: one line on stderr, exit 1 or
+2), never another exception. :func:`count` is the number of cases, stated in the README's "Reliability".
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import stat
+import tarfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from tests.conftest import EXAMPLE, PBMC_ARCHIVE
+
+BASE_CELLS = 60  # cells of the bundled example in the small h5ad every input case starts from
+
+
+# --- inputs (items 16, 17): a small real h5ad, damaged with h5py --------------------------------------------
+
+
+def base_h5ad(path: Path) -> Path:
+    """The first cells of the bundled example (raw counts, CSR), written as an h5ad."""
+    import anndata as ad
+
+    ad.read_h5ad(EXAMPLE)[:BASE_CELLS].copy().write_h5ad(path)
+    return path
+
+
+def _csr(f) -> h5py.Group:
+    return f["X"]
+
+
+def _replace(group, name: str, values) -> None:
+    del group[name]
+    group.create_dataset(name, data=values)
+
+
+def _negative_index(f) -> None:
+    indices = _csr(f)["indices"]
+    indices[3] = -1
+
+
+def _index_out_of_range(f) -> None:
+    indices = _csr(f)["indices"]
+    indices[3] = _csr(f).attrs["shape"][1] + 7
+
+
+def _indptr_past_data(f) -> None:
+    indptr = _csr(f)["indptr"][()]
+    indptr[-1] += 50
+    _replace(_csr(f), "indptr", indptr)
+
+
+def _indptr_decreasing(f) -> None:
+    indptr = _csr(f)["indptr"][()]
+    indptr[10], indptr[11] = indptr[11], indptr[10]
+    _replace(_csr(f), "indptr", indptr)
+
+
+def _shape_attribute(f) -> None:
+    n_cells, n_genes = _csr(f).attrs["shape"]
+    _csr(f).attrs["shape"] = np.array([n_cells, n_genes + 5])
+
+
+def _var_longer(f) -> None:
+    names = f["var/_index"][()]
+    del f["var/_index"]
+    f["var"].create_dataset("_index", data=np.concatenate([names, [b"EXTRA1", b"EXTRA2"]]).astype(object),
+                            dtype=h5py.string_dtype())
+    f["var/_index"].attrs.update({"encoding-type": "string-array", "encoding-version": "0.2.0"})
+
+
+def _obs(f, n: int) -> None:
+    names = f["obs/_index"][()]
+    names = names[:n] if n <= len(names) else np.concatenate([names, [f"extra{i}".encode() for i in range(n - len(names))]])
+    del f["obs/_index"]
+    f["obs"].create_dataset("_index", data=names.astype(object), dtype=h5py.string_dtype())
+    f["obs/_index"].attrs.update({"encoding-type": "string-array", "encoding-version": "0.2.0"})
+
+
+def _layer_shape(f) -> None:
+    f.copy(f["X"], "layers/counts")
+    n_cells, n_genes = f["layers/counts"].attrs["shape"]
+    f["layers/counts"].attrs["shape"] = np.array([n_cells, n_genes - 3])
+
+
+def _huge_counts(f) -> None:
+    data = _csr(f)["data"][()].astype(np.uint64)
+    data[: len(data) // 2] = np.uint64(2**63)
+    _replace(_csr(f), "data", data)
+
+
+def _complex_values(f) -> None:
+    data = _csr(f)["data"][()].astype(np.complex64) + 1j
+    _replace(_csr(f), "data", data)
+
+
+def _string_data(f) -> None:
+    data = _csr(f)["data"][()].astype("S4")
+    _replace(_csr(f), "data", data)
+
+
+def _dense(f, values: Callable[[np.ndarray], np.ndarray]) -> None:
+    import scipy.sparse as sp
+
+    group = _csr(f)
+    matrix = sp.csr_matrix(
+        (group["data"][()], group["indices"][()], group["indptr"][()]), shape=tuple(group.attrs["shape"])
+    ).toarray()
+    del f["X"]
+    f.create_dataset("X", data=values(matrix))
+    f["X"].attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+
+
+def _no_x(f) -> None:
+    del f["X"]
+
+
+def _unknown_encoding(f) -> None:
+    _csr(f).attrs["encoding-type"] = "fancy_matrix"
+
+
+def _cyclic_soft_link(f) -> None:
+    del f["X"]
+    f["X"] = h5py.SoftLink("/Y")
+    f["Y"] = h5py.SoftLink("/X")
+
+
+def _external_link(f) -> None:
+    other = Path(f.filename).with_name("elsewhere.h5ad")
+    base_h5ad(other)
+    with h5py.File(other, "r+") as g:
+        g["X/data"][:] = 1  # another matrix: annotating with it would be wrong
+    del f["X"]
+    f["X"] = h5py.ExternalLink(other.name, "/X")
+
+
+# name -> (what damages the base file, whether it must be refused). Each runs in memory and --backed.
+INPUTS: dict[str, tuple[Callable, bool]] = {
+    "negative CSR index": (_negative_index, True),
+    "CSR index past the genes": (_index_out_of_range, True),
+    "indptr past the data": (_indptr_past_data, True),
+    "indptr decreasing": (_indptr_decreasing, True),
+    "shape attribute disagrees": (_shape_attribute, True),
+    "var longer than X": (_var_longer, True),
+    "obs shorter than X": (lambda f: _obs(f, BASE_CELLS - 7), True),
+    "obs longer than X": (lambda f: _obs(f, BASE_CELLS + 7), True),
+    "uint64 counts of 2**63": (_huge_counts, False),
+    "complex values": (_complex_values, True),
+    "string values": (_string_data, True),
+    "dense float16 X": (lambda f: _dense(f, lambda m: m.astype(np.float16)), False),
+    "dense string X": (lambda f: _dense(f, lambda m: m.astype("S3")), True),
+    "no X": (_no_x, True),
+    "unknown encoding type": (_unknown_encoding, True),
+    "cyclic soft link": (_cyclic_soft_link, True),
+    "external link to another file": (_external_link, True),
+}
+LAYER_CASES = {"layer shape disagrees": _layer_shape}  # run with --counts-layer counts
+
+
+def damaged_h5ad(folder: Path, damage: Callable) -> Path:
+    path = base_h5ad(folder / "query.h5ad")
+    with h5py.File(path, "r+") as f:
+        damage(f)
+    return path
+
+
+# --- model archives (item 10) -------------------------------------------------------------------------------
+
+
+def _zip(path: Path, entries: list[tuple[str, bytes]]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in entries:
+            zf.writestr(name, data)
+    return path
+
+
+def _model_entries() -> list[tuple[str, bytes]]:
+    with zipfile.ZipFile(PBMC_ARCHIVE) as zf:
+        return [(i.filename, zf.read(i)) for i in zf.infolist()]
+
+
+def _tar_model(path: Path) -> Path:
+    with tarfile.open(path, "w:gz") as tf:
+        for name, data in _model_entries():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _duplicate_entry(path: Path) -> Path:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate name: that is the attack
+        return _zip(path, [*_model_entries(), ("MLmodel", b"flavors: {}\n")])
+
+
+def _deep_entry(path: Path) -> Path:
+    return _zip(path, [*_model_entries(), ("/".join(["d"] * 3000) + "/f.txt", b"x")])
+
+
+def _symlink_entry(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in _model_entries():
+            zf.writestr(name, data)
+        info = zipfile.ZipInfo("artifacts/link")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(info, "/etc/passwd")
+    return path
+
+
+ARCHIVES: dict[str, Callable[[Path], Path]] = {
+    "tar.gz model archive": _tar_model,
+    "zip with an entry twice": _duplicate_entry,
+    "entry 3,000 folders deep": _deep_entry,
+    "symbolic link entry": _symlink_entry,
+    "zip-slip entry": lambda p: _zip(p, [*_model_entries(), ("../escape.txt", b"x")]),
+    "absolute entry": lambda p: _zip(p, [*_model_entries(), ("/tmp/abs.txt", b"x")]),
+    "truncated zip": lambda p: p.write_bytes(PBMC_ARCHIVE.read_bytes()[:5000]) and p,
+    "no MLmodel": lambda p: _zip(p, [("README.md", b"hello")]),
+}
+
+
+# --- registries (item 18) ------------------------------------------------------------------------------------
+
+ENTRY = (
+    "url: models/pbmc-1.2.0.zip\n      sha256: {sha}\n      size: 1\n      family: linear\n      species: human\n"
+    "      tissue: blood\n"
+)
+
+
+def _registry(body: str) -> str:
+    return f"schema_version: 1\nmodels:\n  mine:\n    default: '1'\n    versions:\n{body}"
+
+
+def _laughs() -> str:
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    body = "\n".join(lines)
+    return f"{body}\nschema_version: 1\nmodels:\n  mine:\n    default: '1'\n    versions:\n      '1': {{description: *a9}}\n"
+
+
+def _registry_bytes(sha: str) -> dict[str, bytes | None]:
+    """name -> the registry file's bytes (None: a folder instead of a file)."""
+    good = "      '1':\n        " + ENTRY.format(sha=sha).replace("\n      ", "\n        ") + "        description: d\n"
+    return {
+        "billion laughs": _laughs().encode(),
+        "deep nesting": ("schema_version: 1\nmodels: " + "[" * 5000 + "]" * 5000 + "\n").encode(),
+        "non-UTF-8 bytes": _registry(good).encode().replace(b"description: d", b"description: \xff\xfe"),
+        "a folder as registry": None,
+        "5,000-digit integer": _registry(good.replace("size: 1", "size: " + "9" * 5000)).encode(),
+        "duplicate model key": (_registry(good) + "  mine:\n    default: '1'\n    versions: {}\n").encode(),
+        "duplicate version field": _registry(good.replace("description: d", "description: d\n        size: 2")).encode(),
+        "YAML python tag": _registry(good.replace("description: d", "description: !!python/object/apply:os.system [id]")).encode(),
+    }
+
+
+def write_registry(folder: Path, name: str, sha: str) -> Path:
+    path = folder / "registry.yaml"
+    content = _registry_bytes(sha)[name]
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    return path
+
+
+REGISTRIES = list(_registry_bytes("0" * 64))
+
+
+def copy_base(folder: Path) -> Path:
+    return Path(shutil.copy(EXAMPLE, folder / "query.h5ad"))
