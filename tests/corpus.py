@@ -73,14 +73,17 @@ def _shape_attribute(f) -> None:
 def _var_longer(f) -> None:
     names = f["var/_index"][()]
     del f["var/_index"]
-    f["var"].create_dataset("_index", data=np.concatenate([names, [b"EXTRA1", b"EXTRA2"]]).astype(object),
-                            dtype=h5py.string_dtype())
+    f["var"].create_dataset(
+        "_index", data=np.concatenate([names, [b"EXTRA1", b"EXTRA2"]]).astype(object), dtype=h5py.string_dtype()
+    )
     f["var/_index"].attrs.update({"encoding-type": "string-array", "encoding-version": "0.2.0"})
 
 
 def _obs(f, n: int) -> None:
     names = f["obs/_index"][()]
-    names = names[:n] if n <= len(names) else np.concatenate([names, [f"extra{i}".encode() for i in range(n - len(names))]])
+    names = (
+        names[:n] if n <= len(names) else np.concatenate([names, [f"extra{i}".encode() for i in range(n - len(names))]])
+    )
     del f["obs/_index"]
     f["obs"].create_dataset("_index", data=names.astype(object), dtype=h5py.string_dtype())
     f["obs/_index"].attrs.update({"encoding-type": "string-array", "encoding-version": "0.2.0"})
@@ -231,6 +234,36 @@ ARCHIVES: dict[str, Callable[[Path], Path]] = {
 }
 
 
+# --- downloads (items 4, 5): behaviours of tests.servers.FaultyServer, with or without the registry's size ---
+
+DOWNLOADS = [
+    ("huge", True),
+    ("huge-declared", True),
+    ("short", True),
+    ("short", False),
+    ("bad-206", True),
+    ("bad-206", False),
+    ("length-abc", True),
+    ("length-abc", False),
+    ("two-lengths", True),
+    ("two-lengths", False),
+    ("bad-range-total", True),
+    ("bad-range-total", False),
+]
+HTTP_SETTINGS = [
+    ("CELLZOO_HTTP_TIMEOUT", "0"),
+    ("CELLZOO_HTTP_TIMEOUT", "-1"),
+    ("CELLZOO_HTTP_TIMEOUT", "nan"),
+    ("CELLZOO_HTTP_TIMEOUT", "inf"),
+    ("CELLZOO_HTTP_TIMEOUT", "abc"),
+    ("CELLZOO_HTTP_RETRIES", "inf"),
+    ("CELLZOO_HTTP_RETRIES", "-1"),
+    ("CELLZOO_HTTP_RETRIES", "1.5"),
+    ("CELLZOO_HTTP_RETRIES", "1000000000"),
+    ("CELLZOO_HTTP_RETRIES", "\u00b3"),  # a digit to str.isdigit, not to int()
+]
+
+
 # --- registries (item 18) ------------------------------------------------------------------------------------
 
 ENTRY = (
@@ -247,7 +280,7 @@ def _laughs() -> str:
     lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
     body = "\n".join(lines)
-    return f"{body}\nschema_version: 1\nmodels:\n  mine:\n    default: '1'\n    versions:\n      '1': {{description: *a9}}\n"
+    return f"{body}\n" + _registry("      '1': {description: *a9}\n")
 
 
 def _registry_bytes(sha: str) -> dict[str, bytes | None]:
@@ -260,8 +293,12 @@ def _registry_bytes(sha: str) -> dict[str, bytes | None]:
         "a folder as registry": None,
         "5,000-digit integer": _registry(good.replace("size: 1", "size: " + "9" * 5000)).encode(),
         "duplicate model key": (_registry(good) + "  mine:\n    default: '1'\n    versions: {}\n").encode(),
-        "duplicate version field": _registry(good.replace("description: d", "description: d\n        size: 2")).encode(),
-        "YAML python tag": _registry(good.replace("description: d", "description: !!python/object/apply:os.system [id]")).encode(),
+        "duplicate version field": _registry(
+            good.replace("description: d", "description: d\n        size: 2")
+        ).encode(),
+        "YAML python tag": _registry(
+            good.replace("description: d", "description: !!python/object/apply:os.system [id]")
+        ).encode(),
     }
 
 
