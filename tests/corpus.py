@@ -18,7 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from tests.conftest import EXAMPLE, PBMC_ARCHIVE
+from tests.conftest import EXAMPLE, PBMC_ARCHIVE, PBMC_VERSION
 
 BASE_CELLS = 60  # cells of the bundled example in the small h5ad every input case starts from
 
@@ -174,6 +174,69 @@ def damaged_h5ad(folder: Path, damage: Callable) -> Path:
     with h5py.File(path, "r+") as f:
         damage(f)
     return path
+
+
+# --- trust (items 1-3): lookalikes of registry names beside the run, and tamperings of a cached model ---------
+
+LOOKALIKES = [
+    ("pbmc", "folder"),
+    (f"pbmc@{PBMC_VERSION}", "folder"),
+    ("pbmc", "file"),
+    ("pbmc-scanvi", "file"),
+    ("mymodel", "folder"),  # no registry model of that name: still refused, pointing to ./mymodel
+]
+
+
+def _edited_code(folder: Path, archive: Path) -> None:
+    with open(folder / "model_code.py", "a") as fh:
+        fh.write("\nimport os; os.system('echo pwned')\n")
+
+
+def _planted_pyc(folder: Path, archive: Path) -> None:
+    (folder / "__pycache__").mkdir()
+    (folder / "__pycache__" / "model_code.cpython-311.pyc").write_bytes(b"\xa7\r\r\n" + bytes(12) + b"evil")
+
+
+def _added_file(folder: Path, archive: Path) -> None:
+    (folder / "code" / "sitecustomize.py").write_text("print('pwned')\n")
+
+
+def _removed_file(folder: Path, archive: Path) -> None:
+    (folder / "artifacts" / "labels.json").unlink()
+
+
+def _symlinked_file(folder: Path, archive: Path) -> None:
+    target = folder.parent / "elsewhere.md"
+    shutil.move(folder / "README.md", target)
+    (folder / "README.md").symlink_to(target)
+
+
+def _forged_folder(folder: Path, archive: Path) -> None:
+    shutil.rmtree(folder)
+    with zipfile.ZipFile(PBMC_ARCHIVE.with_name("lung-cell-lines-1.0.0.zip")) as zf:
+        zf.extractall(folder)
+
+
+def _forged_folder_and_archive(folder: Path, archive: Path) -> None:
+    _forged_folder(folder, archive)
+    shutil.copy(PBMC_ARCHIVE.with_name("lung-cell-lines-1.0.0.zip"), archive)
+
+
+def _forged_folder_alone(folder: Path, archive: Path) -> None:
+    _forged_folder(folder, archive)
+    archive.unlink()
+
+
+TAMPERINGS = [
+    _edited_code,
+    _planted_pyc,
+    _added_file,
+    _removed_file,
+    _symlinked_file,
+    _forged_folder,
+    _forged_folder_and_archive,
+    _forged_folder_alone,
+]
 
 
 # --- model archives (item 10) -------------------------------------------------------------------------------
