@@ -7,10 +7,12 @@ correct behaviour or one :class:`runner.errors.CellzooError` (from the CLI: one 
 
 from __future__ import annotations
 
+import functools
 import io
 import shutil
 import stat
 import tarfile
+import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -26,11 +28,18 @@ BASE_CELLS = 60  # cells of the bundled example in the small h5ad every input ca
 # --- inputs (items 16, 17): a small real h5ad, damaged with h5py --------------------------------------------
 
 
-def base_h5ad(path: Path) -> Path:
-    """The first cells of the bundled example (raw counts, CSR), written as an h5ad."""
+@functools.cache
+def _base_bytes() -> bytes:
     import anndata as ad
 
-    ad.read_h5ad(EXAMPLE)[:BASE_CELLS].copy().write_h5ad(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        ad.read_h5ad(EXAMPLE)[:BASE_CELLS].copy().write_h5ad(Path(tmp) / "base.h5ad")
+        return (Path(tmp) / "base.h5ad").read_bytes()
+
+
+def base_h5ad(path: Path) -> Path:
+    """The first cells of the bundled example (raw counts, CSR), written as an h5ad (built once per session)."""
+    path.write_bytes(_base_bytes())
     return path
 
 
