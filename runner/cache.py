@@ -114,7 +114,8 @@ def _lock(sha256: str, *, wait: bool = True) -> Iterator[bool]:
 def _staging(sha256: str | None = None) -> Iterator[Path]:
     """A temporary folder under ``downloads/``: ``downloads/<sha256>`` (its lock held) for a pinned download,
     which is kept for the next run to resume when a signal stops this one, else one named by this run.
-    Folders of earlier runs that are gone are removed first. Removed on success or failure."""
+    Folders of earlier runs that are gone are removed first. Removed on success or failure; a failure to
+    write (a full disk) is a :class:`ModelError`."""
     root = _part("downloads")
     remove_stale(root / "*")
     if sha256 is None:
@@ -128,6 +129,9 @@ def _staging(sha256: str | None = None) -> Iterator[Path]:
         if sha256 is None:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
+    except OSError as err:  # e.g. a full disk
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelError(f"could not write the model into the cache {cache_dir()}: {err}") from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

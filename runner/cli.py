@@ -88,22 +88,46 @@ def _fail(err: CellzooError) -> typer.Exit:
     return typer.Exit(err.exit_code)
 
 
+def _log_unraisable(unraisable) -> None:
+    """An exception a library could not raise (e.g. h5py closing a file on a full disk): logged for -v, not
+    printed as a traceback (the error that follows says what failed)."""
+    logging.getLogger(__name__).debug("ignored in %r: %s", unraisable.object, unraisable.exc_value)
+
+
+def _log_printed(kind: type, value: BaseException, tb: object) -> None:
+    """An exception a C extension printed instead of raising (Cython's ``noexcept`` functions do), as above."""
+    logging.getLogger(__name__).debug("ignored in a library: %s: %s", kind.__name__, value)
+
+
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
     """Turn the runner's errors into a one-line message and the exit code (no traceback). SIGTERM is handled
     as SIGINT: both stop the command, every temporary file is removed, and it exits with 128 + the signal."""
     from runner import interrupt
+    from runner.errors import OutputError
 
     interrupt.install()
+    hooks = sys.unraisablehook, sys.excepthook
+    sys.unraisablehook = _log_unraisable
+    sys.excepthook = _log_printed  # what C extensions print (PyErr_Print) while this command runs
     try:
         yield
         interrupt.check()
+    except OutputError as err:
+        # a write that failed (a full disk) can leave HDF5 files open inside h5py, and HDF5 crashes flushing
+        # them when the interpreter exits (a segfault after the message): this process ends here instead
+        typer.echo(f"error: {' '.join(str(err).split())}", err=True)  # HDF5's messages span lines
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(err.exit_code)
     except CellzooError as err:
         raise _fail(err) from None
     except KeyboardInterrupt as err:
         stopped = err if isinstance(err, interrupt.Interrupted) else interrupt.Interrupted(interrupt.HANDLED[0])
         typer.echo(f"error: stopped by {stopped}; what it was writing was removed", err=True)
         raise typer.Exit(stopped.exit_code) from None
+    finally:
+        sys.unraisablehook, sys.excepthook = hooks
 
 
 def _table(rows: list[tuple[str, ...]]) -> None:
