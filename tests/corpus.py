@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 import shutil
 import stat
 import tarfile
@@ -20,6 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from runner.errors import InputError, OutputError, UsageError
 from tests.conftest import EXAMPLE, PBMC_ARCHIVE, PBMC_VERSION
 
 BASE_CELLS = 60  # cells of the bundled example in the small h5ad every input case starts from
@@ -183,6 +185,74 @@ def damaged_h5ad(folder: Path, damage: Callable) -> Path:
     with h5py.File(path, "r+") as f:
         damage(f)
     return path
+
+
+# --- outputs (items 8, 14, 15): misuses of -o, --table and --key-added; each returns (input, options, error) ---
+
+
+def _late_damage(query: Path) -> Path:
+    """A copy of ``query`` whose 46th cell has a negative gene index: a streamed run fails in a late block."""
+    path = base_h5ad(query.with_name("late.h5ad"))
+    with h5py.File(path, "r+") as f:
+        f["X/indices"][f["X/indptr"][45]] = -1
+    return path
+
+
+def _linked(query: Path, name: str, hard: bool) -> Path:
+    link = query.with_name(name)
+    os.link(query, link) if hard else link.symlink_to(query)
+    return link
+
+
+def _table_is_a_folder(query: Path) -> tuple[Path, dict, type]:
+    (query.parent / "t.csv").mkdir()
+    return query, {"output": query.with_name("o.h5ad"), "table": query.parent / "t.csv", "overwrite": True}, OutputError
+
+
+def _existing_output(query: Path) -> tuple[Path, dict, type]:
+    query.with_name("o.h5ad").write_bytes(b"a user's earlier result")
+    return query, {"output": query.with_name("o.h5ad")}, UsageError
+
+
+OUTPUT_MISUSES: dict[str, Callable[[Path], tuple[Path, dict, type]]] = {
+    "--table is the input": lambda q: (
+        _linked(q, "in.csv", hard=True),
+        {"table": q.with_name("in.csv"), "output": q.with_name("o.h5ad"), "overwrite": True},
+        UsageError,
+    ),
+    "-o is the input by a symbolic link": lambda q: (
+        q,
+        {"output": _linked(q, "link.h5ad", hard=False), "overwrite": True},
+        UsageError,
+    ),
+    "-o is the input by a hard link": lambda q: (q, {"output": _linked(q, "hard.h5ad", hard=True)}, UsageError),
+    "-o and --table one path": lambda q: (
+        q,
+        {"output": q.with_name("x.csv"), "table": q.with_name("x.csv")},
+        UsageError,
+    ),
+    "--key-added with a slash": lambda q: (q, {"output": q.with_name("o.h5ad"), "key_added": "a/b"}, UsageError),
+    "--key-added empty": lambda q: (q, {"output": q.with_name("o.h5ad"), "key_added": ""}, UsageError),
+    "--table into a folder of that name": _table_is_a_folder,
+    "an existing output without --overwrite": _existing_output,
+    "a streamed run failing late, into new folders": lambda q: (
+        _late_damage(q),
+        {"output": q.parent / "new" / "deeper" / "o.h5ad", "backed": True, "batch_size": 10},
+        InputError,
+    ),
+}
+# runs stopped or starved from outside (tests/test_signals_outputs.py), by name
+PROCESS_CASES = [
+    "four concurrent runs to one -o",
+    "SIGTERM during a streamed run",
+    "kill -9, then the next run",
+    "SIGINT swallowed by a library",
+    "full disk, in memory",
+    "full disk, streamed",
+    "SIGTERM during a download",
+    "kill -9 during a download",
+    "cache clean during a download",
+]
 
 
 # --- trust (items 1-3): lookalikes of registry names beside the run, and tamperings of a cached model ---------
@@ -387,5 +457,18 @@ def write_registry(folder: Path, name: str, sha: str) -> Path:
 REGISTRIES = list(_registry_bytes("0" * 64))
 
 
-def copy_base(folder: Path) -> Path:
-    return Path(shutil.copy(EXAMPLE, folder / "query.h5ad"))
+# the cases tested one by one, each by a test of its own (named in it)
+SINGLE_CASES = [
+    "a pipe as input",  # test_input_attacks
+    "a file:// URL naming a folder",  # test_trust
+    "a planted .pyc that Python would load",  # test_trust
+    "a user's folder as the cache",  # test_cache_safety
+    "a kept archive that is not a zip",  # test_cache_safety
+]
+
+
+def count() -> int:
+    """The number of adversarial cases in the corpus (the README's "Reliability" states it)."""
+    inputs = 2 * (len(INPUTS) + len(LAYER_CASES))  # each in memory and streamed
+    groups = (LOOKALIKES, TAMPERINGS, DOWNLOADS, HTTP_SETTINGS, ARCHIVES, REGISTRIES, OUTPUT_MISUSES, PROCESS_CASES)
+    return inputs + sum(len(group) for group in groups) + len(SINGLE_CASES)
