@@ -220,7 +220,7 @@ def annotate(
                 no_signal=cells.no_signal,
             )
             write_output(target)
-            outputs.written(output)
+        outputs.written(output)  # renamed into place when the block ends (a streamed output too)
         if table is not None:
             write_table_atomic(target, result_keys, table)
             outputs.written(table)

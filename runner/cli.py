@@ -106,7 +106,7 @@ def _user_errors() -> Iterator[None]:
     from runner import interrupt
     from runner.errors import OutputError
 
-    interrupt.install()
+    handlers = interrupt.install()
     hooks = sys.unraisablehook, sys.excepthook
     sys.unraisablehook = _log_unraisable
     sys.excepthook = _log_printed  # what C extensions print (PyErr_Print) while this command runs
@@ -128,6 +128,7 @@ def _user_errors() -> Iterator[None]:
         raise typer.Exit(stopped.exit_code) from None
     finally:
         sys.unraisablehook, sys.excepthook = hooks
+        interrupt.restore(handlers)
 
 
 def _table(rows: list[tuple[str, ...]]) -> None:

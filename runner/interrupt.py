@@ -28,11 +28,16 @@ def _raise(signum: int, frame: object) -> None:
     raise Interrupted(signum)
 
 
-def install() -> None:
-    """Handle SIGINT and SIGTERM by raising :class:`Interrupted` (call from the main thread of a command)."""
+def install() -> dict:
+    """Handle SIGINT and SIGTERM by raising :class:`Interrupted` (call from the main thread of a command).
+    Returns the handlers it replaced, for :func:`restore`."""
     _received.clear()
-    for signum in HANDLED:
-        signal.signal(signum, _raise)
+    return {signum: signal.signal(signum, _raise) for signum in HANDLED}
+
+
+def restore(handlers: dict) -> None:
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
 
 
 def check() -> None:

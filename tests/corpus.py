@@ -204,9 +204,10 @@ def _linked(query: Path, name: str, hard: bool) -> Path:
     return link
 
 
-def _table_is_a_folder(query: Path) -> tuple[Path, dict, type]:
+def _table_is_a_folder(query: Path, backed: bool = False) -> tuple[Path, dict, type]:
     (query.parent / "t.csv").mkdir()
-    return query, {"output": query.with_name("o.h5ad"), "table": query.parent / "t.csv", "overwrite": True}, OutputError
+    options = {"output": query.with_name("o.h5ad"), "table": query.parent / "t.csv", "overwrite": True}
+    return query, {**options, "backed": backed}, OutputError
 
 
 def _existing_output(query: Path) -> tuple[Path, dict, type]:
@@ -234,6 +235,7 @@ OUTPUT_MISUSES: dict[str, Callable[[Path], tuple[Path, dict, type]]] = {
     "--key-added with a slash": lambda q: (q, {"output": q.with_name("o.h5ad"), "key_added": "a/b"}, UsageError),
     "--key-added empty": lambda q: (q, {"output": q.with_name("o.h5ad"), "key_added": ""}, UsageError),
     "--table into a folder of that name": _table_is_a_folder,
+    "--table into a folder of that name, streamed": lambda q: _table_is_a_folder(q, backed=True),
     "an existing output without --overwrite": _existing_output,
     "a streamed run failing late, into new folders": lambda q: (
         _late_damage(q),

@@ -92,8 +92,7 @@ def test_what_kill_9_left_is_swept_by_the_next_run(example_copy):
 
 def test_a_signal_swallowed_by_a_library_still_stops_the_rename(tmp_path):
     """h5py swallows a KeyboardInterrupt raised inside it; the run must not then rename the output into place."""
-    saved = {s: signal.getsignal(s) for s in interrupt.HANDLED}
-    interrupt.install()
+    saved = interrupt.install()
     target = tmp_path / "out.h5ad"
     try:
         with pytest.raises(interrupt.Interrupted), atomic_path(target) as tmp:
@@ -104,8 +103,7 @@ def test_a_signal_swallowed_by_a_library_still_stops_the_rename(tmp_path):
             except KeyboardInterrupt:
                 pass  # what the library did
     finally:
-        for signum, handler in saved.items():
-            signal.signal(signum, handler)
+        interrupt.restore(saved)
     assert not target.exists() and leftovers(tmp_path) == []
 
 
