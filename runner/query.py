@@ -186,11 +186,15 @@ def candidate_matrices(adata) -> list[tuple[str, sp.csr_matrix]]:
 
 
 def counts_matrix(adata, layer: str | None = None) -> tuple[str, object, pd.DataFrame]:
-    """Where the raw counts of an in-memory AnnData are (:func:`counts_source`): source, matrix, its var."""
+    """Where the raw counts of an in-memory AnnData are (:func:`counts_source`): source, matrix, its var;
+    refused when absent or damaged (:func:`structure_problem`)."""
     source = counts_source(layer, adata.layers, adata.raw is not None)
     found = next(found for found in candidates(adata) if found[0] == source)
     if found[1] is None:
         raise InputError(f"the input has no {source}: an h5ad file holds its matrix in X")
+    problem = structure_problem(found[1])
+    if problem:
+        raise InputError(f"{source} {problem}; the file is damaged")
     return found
 
 

@@ -221,6 +221,12 @@ def read_h5ad(path: Path, options: ReadOptions):
         raise InputError(
             f"{path}: an element has an encoding anndata does not know ({err}); the file is damaged"
         ) from err
+    if options.backed and adata.X is not None and tuple(adata.X.shape) != adata.shape:  # read whole, anndata checks
+        adata.file.close()
+        raise InputError(
+            f"{path}: X is {adata.X.shape[0]} x {adata.X.shape[1]} but obs and var name {adata.n_obs} x "
+            f"{adata.n_vars}; the file is damaged"
+        )
     return adata, InputDescription(path, H5AD + (" (backed)" if options.backed else ""))
 
 

@@ -26,7 +26,6 @@ from runner.query import (
     dtype_problem,
     indices_problem,
     indptr_problem,
-    structure_problem,
 )
 from runner.readers import H5AD, READ_ERRORS, InputDescription, ReadOptions, detect_format, read_input
 from runner.write import streamed_output, write_h5ad_atomic
@@ -45,9 +44,6 @@ class MemoryQuery:
     def __init__(self, adata, found: InputDescription, counts_layer: str | None):
         self.adata, self.found = adata, found
         self.source, x, self.var = counts_matrix(adata, counts_layer)
-        problem = structure_problem(x)
-        if problem:
-            raise InputError(f"{found.path}: {self.source} {problem}; the file is damaged")
         self.matrix = as_csr(x)
         self.obs_names = adata.obs_names
         self.n_obs = adata.n_obs

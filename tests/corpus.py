@@ -471,6 +471,6 @@ SINGLE_CASES = [
 
 def count() -> int:
     """The number of adversarial cases in the corpus (the README's "Reliability" states it)."""
-    inputs = 2 * (len(INPUTS) + len(LAYER_CASES))  # each in memory and streamed
+    inputs = 3 * (len(INPUTS) + len(LAYER_CASES))  # each in memory, streamed, and by `cellzoo inspect`
     groups = (LOOKALIKES, TAMPERINGS, DOWNLOADS, HTTP_SETTINGS, ARCHIVES, REGISTRIES, OUTPUT_MISUSES, PROCESS_CASES)
     return inputs + sum(len(group) for group in groups) + len(SINGLE_CASES)

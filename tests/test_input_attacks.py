@@ -36,6 +36,24 @@ def test_a_damaged_h5ad_is_refused_or_read_right(name, damage, refused, layer, b
     assert result.n_obs == corpus.BASE_CELLS
 
 
+@pytest.mark.parametrize("name, damage, refused, layer", CASES, ids=[c[0] for c in CASES])
+def test_inspect_describes_a_damaged_h5ad_or_refuses_it(name, damage, refused, layer, tmp_path):
+    """`cellzoo inspect` reads the same files: a report (which offers no command for a damaged matrix) or one error."""
+    from runner.describe import inspect_input
+    from runner.readers import ReadOptions
+
+    path = corpus.damaged_h5ad(tmp_path, damage)
+    report = None
+
+    def inspect() -> None:
+        nonlocal report
+        report = inspect_input(path, ReadOptions(), model_ref="pbmc", counts_layer=layer)
+
+    error = expect_clean(inspect)
+    if error is None and refused:
+        assert not report.command, f"{name}: {report.lines()}"
+
+
 def test_external_links_are_followed_only_when_asked(tmp_path):
     from runner.readers import ReadOptions
 
