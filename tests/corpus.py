@@ -466,6 +466,8 @@ SINGLE_CASES = [
     "a planted .pyc that Python would load",  # test_trust
     "a user's folder as the cache",  # test_cache_safety
     "a kept archive that is not a zip",  # test_cache_safety
+    "the half tree and partial archive of a killed fetch",  # test_cache_safety
+    "the folder of a killed unpinned fetch",  # test_cache_safety
 ]
 
 

@@ -77,3 +77,25 @@ def test_verify_reports_a_kept_archive_it_cannot_read(model_cache, tmp_path):
     (model_cache / cache.MARKER).write_text(cache.MARKER_TEXT)
     done = run_cli("cellzoo", "models", "verify")
     assert done.returncode == 1 and "is not a readable zip archive" in done.stdout and "Traceback" not in done.stderr
+
+
+def test_what_a_killed_fetch_left_is_resumed_or_removed(model_cache):
+    """kill -9 during an unpack leaves its half tree beside the partial archive; the next fetch starts the tree
+    anew (nothing of it reaches the model); the folder of an unpinned fetch whose process is gone is removed,
+    that of a live one kept."""
+    from runner.files import owner_tag
+
+    staging = model_cache / "downloads" / PBMC_SHA
+    (staging / "model" / "artifacts").mkdir(parents=True)
+    (staging / "model" / "artifacts" / "planted.py").write_text("print('from a half-done unpack')\n")
+    (staging / "archive.zip").write_bytes(PBMC_ARCHIVE.read_bytes()[:1000])
+    gone = subprocess.Popen(["true"])  # a process that has ended: its pid names no one now
+    gone.wait()
+    host = owner_tag().partition("@")[2]
+    dead, alive = (model_cache / "downloads" / f"{pid}@{host}.x1y2z3" for pid in (gone.pid, owner_tag().split("@")[0]))
+    for folder in (dead, alive):
+        folder.mkdir()
+        (folder / "archive.zip").write_bytes(b"partial")
+    folder = resolve_model_ref("pbmc").path
+    assert not (folder / "artifacts" / "planted.py").exists() and cache.verify_cached(PBMC_SHA).problem == ""
+    assert not staging.exists() and not dead.exists() and alive.exists()
