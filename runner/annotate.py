@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from runner import __version__, keys
 from runner.envs import choose_manager, ensure_env, read_env_spec
 from runner.errors import UsageError
+from runner.files import Outputs, same_file
 from runner.invoke import load_pyfunc, predict_batch, predict_in_env, read_model_info, run_params
 from runner.keys import ResultKeys
 from runner.options import CheckOptions, ModelOptions, ReadOptions, RunOptions
@@ -82,6 +83,18 @@ def default_output(input_path: Path) -> Path:
     return input_path.resolve().with_name(f"{name}.annotated.h5ad")
 
 
+def check_output_names(input_path: Path, output: Path, table: Path | None, key_added: str | None) -> None:
+    """Refuse outputs that would overwrite the input or each other, and a key that cannot be written, before
+    anything is read."""
+    for flag, path in (("-o", output), ("--table", table)):
+        if path is not None and same_file(path, input_path):
+            raise UsageError(f"{flag} {path} is the input; cellzoo never modifies its input: choose another path")
+    if table is not None and same_file(table, output):
+        raise UsageError(f"-o and --table are both {output}: one would replace the other; give two paths")
+    if key_added is not None:
+        ResultKeys(key_added)  # refuses a key that cannot be written
+
+
 def annotate(
     input_path: Path,
     model_ref: str,
@@ -107,27 +120,29 @@ def annotate(
     read, checks = read or ReadOptions(), checks or CheckOptions()
     run, source = run or RunOptions(), source or ModelOptions()
     output = output or default_output(input_path)
-    if output.resolve() == input_path.resolve():
-        raise UsageError(f"the output {output} is the input; cellzoo never modifies its input: choose another -o")
-    for path in (output, table):
-        if path is not None and path.exists() and not overwrite:
-            raise UsageError(f"output {path} exists; pass --overwrite to replace it, or choose another path")
+    check_output_names(input_path, output, table, key_added)
+    outputs = Outputs([output, table], overwrite=overwrite)  # refuses existing ones; removes them if the run fails
     if table is not None:
         check_table_path(table)
 
     query = open_query(input_path, read, checks.counts_layer, run.backed)
     try:
+        outputs.claim()  # of several runs writing one path, one wins
         for note in query.found.notes:
             logger.warning("%s: %s", input_path.name, note)
         resolved = source.resolve(model_ref)
         summary = annotate_query(
             query, resolved, key_added=key_added, overwrite=overwrite, checks=checks, run=run, read=read, output=output
         )
+        outputs.written(output)  # renamed into place when the run's block ended (a streamed output too)
+        if table is not None:
+            write_table_atomic(summary.adata, ResultKeys(summary.key), table)
+            outputs.written(table)
+            summary.table = table
+        outputs.keep()
     finally:
         query.close()
-    if table is not None:
-        write_table_atomic(summary.adata, ResultKeys(summary.key), table)
-        summary.table = table
+        outputs.close()
     return summary
 
 

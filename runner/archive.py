@@ -14,6 +14,7 @@ from runner.files import atomic_path
 
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamp: the same content gives the same bytes
 MAX_UNPACKED_BYTES = 2 * 1024**3  # refuse archives that unpack to more than this (zip bombs)
+MAX_DEPTH = 64  # folders an entry may be nested in (a model is a few deep; thousands exhaust recursion)
 
 
 def sha256_file(path: Path) -> str:
@@ -52,17 +53,46 @@ def _members(archive: Path, error: type[CellzooError]) -> list[tuple[str, int, b
         raise error(f"{archive} is not a readable zip or tar archive ({err})") from err
 
 
+def zip_problem(archive: Path) -> str:
+    """What makes ``archive`` unfit as a kept model archive ('' when nothing): not a zip, or an entry twice."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            names = [i.filename for i in zf.infolist()]
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        return f"is not a readable zip archive ({err})"
+    twice = _duplicate(names)
+    return f"holds the entry {twice!r} more than once" if twice else ""
+
+
+def _duplicate(names: list[str]) -> str:
+    """The first entry name that occurs twice ('' if none); ``a/`` and ``./a`` are ``a``."""
+    seen: set[str] = set()
+    for name in names:
+        key = PurePosixPath(name).as_posix()
+        if key in seen:
+            return name
+        seen.add(key)
+    return ""
+
+
 def safe_extract(
     archive: Path, target: Path, max_bytes: int = MAX_UNPACKED_BYTES, error: type[CellzooError] = ModelError
 ) -> None:
     """Unpack a zip or tar archive into ``target``, refusing absolute paths, ``..``, links and oversized content.
 
-    Every entry is checked before anything is written; ``error`` is the type raised (a model archive
+    Every entry is checked before anything is written (entries twice, or nested more than
+    :data:`MAX_DEPTH` folders deep, are refused too); ``error`` is the type raised (a model archive
     raises :class:`ModelError`, a query archive :class:`InputError`).
     """
     total = 0
-    for filename, size, is_link in _members(archive, error):
+    members = _members(archive, error)
+    twice = _duplicate([filename for filename, _, _ in members])
+    if twice:
+        raise error(f"refusing archive {archive.name}: the entry {twice[:200]!r} occurs more than once")
+    for filename, size, is_link in members:
         name = PurePosixPath(filename)
+        if len(name.parts) > MAX_DEPTH:
+            raise error(f"refusing archive {archive.name}: an entry is nested {len(name.parts)} folders deep")
         if name.is_absolute() or ".." in name.parts or "\\" in filename or ":" in filename:
             raise error(f"refusing archive {archive.name}: unsafe entry path {filename!r}")
         if is_link:

@@ -51,6 +51,7 @@ Transpose = Annotated[bool, _flag(ReadOptions, "transpose")]
 MatrixKey = Annotated[str | None, _flag(ReadOptions, "matrix_key")]
 ObsKey = Annotated[str | None, _flag(ReadOptions, "obs_key")]
 VarKey = Annotated[str | None, _flag(ReadOptions, "var_key")]
+ExternalLinks = Annotated[bool, _flag(ReadOptions, "external_links", "--allow-external-links")]
 CountsLayer = Annotated[str | None, _flag(CheckOptions, "counts_layer")]
 GeneColumn = Annotated[str | None, _flag(CheckOptions, "gene_column")]
 MinGeneOverlap = Annotated[float, _flag(CheckOptions, "min_gene_overlap")]
@@ -96,13 +97,47 @@ def _fail(err: CellzooError) -> typer.Exit:
     return typer.Exit(err.exit_code)
 
 
+def _log_unraisable(unraisable) -> None:
+    """An exception a library could not raise (e.g. h5py closing a file on a full disk): logged for -v, not
+    printed as a traceback (the error that follows says what failed)."""
+    logging.getLogger(__name__).debug("ignored in %r: %s", unraisable.object, unraisable.exc_value)
+
+
+def _log_printed(kind: type, value: BaseException, tb: object) -> None:
+    """An exception a C extension printed instead of raising (Cython's ``noexcept`` functions do), as above."""
+    logging.getLogger(__name__).debug("ignored in a library: %s: %s", kind.__name__, value)
+
+
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
-    """Turn the runner's errors into a one-line message and the exit code (no traceback)."""
+    """Turn the runner's errors into a one-line message and the exit code (no traceback). SIGTERM is handled
+    as SIGINT: both stop the command, every temporary file is removed, and it exits with 128 + the signal."""
+    from runner import interrupt
+    from runner.errors import OutputError
+
+    handlers = interrupt.install()
+    hooks = sys.unraisablehook, sys.excepthook
+    sys.unraisablehook = _log_unraisable
+    sys.excepthook = _log_printed  # what C extensions print (PyErr_Print) while this command runs
     try:
         yield
+        interrupt.check()
+    except OutputError as err:
+        # a write that failed (a full disk) can leave HDF5 files open inside h5py, and HDF5 crashes flushing
+        # them when the interpreter exits (a segfault after the message): this process ends here instead
+        typer.echo(f"error: {' '.join(str(err).split())}", err=True)  # HDF5's messages span lines
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(err.exit_code)
     except CellzooError as err:
         raise _fail(err) from None
+    except KeyboardInterrupt as err:
+        stopped = err if isinstance(err, interrupt.Interrupted) else interrupt.Interrupted(interrupt.HANDLED[0])
+        typer.echo(f"error: stopped by {stopped}; what it was writing was removed", err=True)
+        raise typer.Exit(stopped.exit_code) from None
+    finally:
+        sys.unraisablehook, sys.excepthook = hooks
+        interrupt.restore(handlers)
 
 
 @contextlib.contextmanager
@@ -153,6 +188,7 @@ def annotate(
     matrix_key: MatrixKey = None,
     obs_key: ObsKey = None,
     var_key: VarKey = None,
+    external_links: ExternalLinks = False,
     batch_size: Annotated[int, _flag(RunOptions, "batch_size")] = RunOptions.batch_size,
     backed: Annotated[bool | None, _flag(RunOptions, "backed", "--backed/--in-memory")] = None,
     unassigned_threshold: Annotated[float, _flag(RunOptions, "unassigned_threshold")] = RunOptions.unassigned_threshold,
@@ -207,6 +243,7 @@ def inspect(
     matrix_key: MatrixKey = None,
     obs_key: ObsKey = None,
     var_key: VarKey = None,
+    external_links: ExternalLinks = False,
     min_gene_overlap: MinGeneOverlap = CheckOptions.min_gene_overlap,
     verbose: Verbose = False,
     quiet: Quiet = False,
@@ -289,8 +326,11 @@ def models_pull(
 def models_verify() -> None:
     """Re-hash every cached archive and compare its unpacked files; evict what fails (exit 1 if any)."""
     _setup_logging(False, False)
-    from runner.cache import cached_sha256s, evict, verify_cached
+    from runner.cache import MARKER, cache_dir, cached_sha256s, evict, is_marked, verify_cached
 
+    if not is_marked():
+        typer.echo(f"no cellzoo cache in {cache_dir()} (no {MARKER}): nothing to verify")
+        return
     failed = 0
     for sha256 in cached_sha256s():
         result = verify_cached(sha256)
@@ -334,11 +374,17 @@ def cache_dir_command() -> None:
 
 @cache_app.command("clean")
 def cache_clean() -> None:
-    """Remove every cached model, archive and partial download."""
-    from runner.cache import cache_dir, clean
+    """Remove every cached model, archive and partial download (only what the cache made; none in use)."""
+    from runner.cache import MARKER, cache_dir, clean, is_marked
 
-    freed = clean()
+    if not is_marked():
+        typer.echo(f"no cellzoo cache in {cache_dir()} (no {MARKER}): nothing removed")
+        return
+    with _user_errors():
+        freed, skipped = clean()
     typer.echo(f"removed {freed / 1e6:.1f} MB from {cache_dir()}")
+    if skipped:
+        typer.echo(f"skipped {skipped} entries that a running command is using")
 
 
 @cellzoo_app.command()

@@ -12,11 +12,11 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.errors import CellzooError
+from runner.errors import CellzooError, InputError
 from runner.genes import detect_species, id_type
 from runner.options import CheckOptions, ModelOptions, ReadOptions
-from runner.query import as_csr, candidates, check_query, counts_problem, describe_values
-from runner.readers import H5AD, HDF5, TENX_H5, detect_format, hdf5_tree, read_input, tenx_genomes
+from runner.query import as_csr, candidates, check_query, counts_problem, describe_values, structure_problem
+from runner.readers import H5AD, HDF5, READ_ERRORS, TENX_H5, detect_format, hdf5_tree, read_input, tenx_genomes
 
 INSPECT_CELLS = 10_000  # h5ad files are opened backed and checked on their first cells
 ID_WORDS = {"ensembl": "Ensembl ids", "symbol": "symbols"}
@@ -64,7 +64,10 @@ def inspect_input(
     adata, found = read_input(path, dataclasses.replace(options, backed=kind == H5AD))
     n_cells = adata.n_obs
     if found.format.startswith(H5AD):
-        adata = adata[: min(INSPECT_CELLS, n_cells)].to_memory()
+        try:
+            adata = adata[: min(INSPECT_CELLS, n_cells)].to_memory()
+        except READ_ERRORS as err:
+            raise InputError(f"{path}: its first cells could not be read: {err}. Is the file complete?") from err
     report.add("format", found.format)
     report.add("shape", f"{n_cells} cells x {adata.n_vars} genes")
     report.add("orientation", found.orientation)
@@ -72,6 +75,10 @@ def inspect_input(
         report.add("tree", "\n" + hdf5_tree(path))
     report.problems += found.notes
     for i, (where, x, _) in enumerate(candidates(adata)):
+        damaged = "no matrix" if x is None else structure_problem(x)
+        if damaged:
+            report.add("" if i else "counts", f"{where}: {damaged}")
+            continue
         matrix = as_csr(x)
         problem = counts_problem(matrix)
         report.add("" if i else "counts", f"{where}: {describe_values(matrix)}")

@@ -1,30 +1,186 @@
-"""Writing a file so that it appears whole or not at all, and copying large files cheaply."""
+"""Writing a file so that it appears whole or not at all, claiming output names, and copying large files cheaply.
+
+Temporary files and folders are named with their owner (``PID@HOST``), so that a later run can tell the
+leftovers of a killed run (``kill -9``, a power cut) from those of a run still going, and remove them.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import glob
 import mmap
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from runner import interrupt
+from runner.errors import UsageError
+
+# the end of the name of a temporary file or folder: PID@HOST.RANDOM[.tmp]
+OWNER = re.compile(r"(?P<pid>\d+)@(?P<host>[A-Za-z0-9-]*)\.\w+(?:\.tmp)?$")
+
+
+def owner_tag() -> str:
+    """``PID@HOST`` of this process, as it is written into the names of its temporary files."""
+    return f"{os.getpid()}@{re.sub(r'[^A-Za-z0-9-]', '-', socket.gethostname())}"
+
+
+def is_stale(name: str) -> bool:
+    """Whether a temporary file or folder named with :func:`owner_tag` was left by a process that is gone.
+
+    Only a process of this host can be checked; a name without an owner is never stale.
+    """
+    found = OWNER.search(name)
+    if found is None or found["host"] != owner_tag().partition("@")[2]:
+        return False
+    try:
+        os.kill(int(found["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def remove_stale(pattern: Path) -> list[Path]:
+    """Remove the files and folders matching ``pattern`` (a glob) that :func:`is_stale` says were left behind."""
+    removed = []
+    for name in glob.glob(str(pattern), include_hidden=True):
+        path = Path(name)
+        if is_stale(path.name):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """A unique temporary path beside ``path``: renamed onto ``path`` when the block succeeds, removed otherwise."""
+    """A unique temporary path beside ``path``: renamed onto ``path`` when the block succeeds, removed otherwise.
+
+    Temporary files of ``path`` left by killed runs are removed first. A signal received during the block
+    (:mod:`runner.interrupt`) stops the rename, even if a library swallowed it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    prefix = f".{path.name}."
+    remove_stale(path.parent / f"{glob.escape(prefix)}*.tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{prefix}{owner_tag()}.", suffix=".tmp")
     os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it private (0600); the file gets the usual permissions
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
+        interrupt.check()
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+class Outputs:
+    """The output files of one run: their folders made, their names claimed, and removed if the run fails.
+
+    Without ``overwrite`` an existing output is refused at once, and each name is claimed by :meth:`claim`,
+    created (``O_EXCL``) as an empty file held with ``flock`` until the result replaces it: of several runs
+    writing one path, one wins, the others stop with "exists". An empty file whose lock nobody holds is the
+    claim of a killed run and is taken over. :meth:`close` removes, unless :meth:`keep` was called, every
+    file this run wrote or claimed (if still the same file) and every folder it made (if empty).
+    """
+
+    def __init__(self, paths: list[Path | None], *, overwrite: bool) -> None:
+        self.paths = [p for p in paths if p is not None]
+        self.overwrite = overwrite
+        self.mine: dict[Path, tuple[int, int]] = {}  # path -> (device, inode) of the file this run put there
+        self.locks: list[int] = []
+        self.folders: list[Path] = []
+        self.kept = False
+        for path in self.paths if not overwrite else []:
+            if (path.exists() or path.is_symlink()) and not _abandoned_claim(path):
+                raise _exists(path)
+
+    def claim(self) -> None:
+        for path in self.paths:
+            missing = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.folders += missing
+            if not self.overwrite:
+                self._claim(path)
+
+    def _claim(self, path: Path) -> None:
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                if not _abandoned_claim(path):
+                    raise _exists(path) from None
+                path.unlink(missing_ok=True)
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.locks.append(fd)
+            self.written(path)
+            return
+        raise _exists(path)
+
+    def written(self, path: Path) -> None:
+        """Record that this run has just written ``path`` (removed again if the run fails)."""
+        info = os.stat(path)
+        self.mine[path] = (info.st_dev, info.st_ino)
+
+    def keep(self) -> None:
+        self.kept = True
+
+    def close(self) -> None:
+        if not self.kept:
+            for path, identity in self.mine.items():
+                with contextlib.suppress(OSError):
+                    info = os.stat(path)
+                    if (info.st_dev, info.st_ino) == identity:
+                        path.unlink()
+            for folder in sorted(self.folders, key=lambda p: len(p.parts), reverse=True):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        for fd in self.locks:
+            os.close(fd)
+        self.locks.clear()
+
+
+def _exists(path: Path) -> UsageError:
+    return UsageError(f"output {path} exists; pass --overwrite to replace it, or choose another path")
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (the same path, a link to it, or a hard link)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _abandoned_claim(path: Path) -> bool:
+    """Whether ``path`` is an empty file that no run holds (the claim of a killed run)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        if os.fstat(fd).st_size or not os.path.isfile(path):
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:

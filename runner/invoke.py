@@ -66,8 +66,13 @@ def read_model_info(path: Path) -> ModelInfo:
 
 
 def load_pyfunc(info: ModelInfo):
+    """The model's pyfunc, loaded in this process. No bytecode is written from here on: a cached model's
+    folder must stay identical to its archive (:func:`runner.cache.verify_cached` runs before every load)."""
+    import sys
+
     import mlflow
 
+    sys.dont_write_bytecode = True
     try:
         # the runner has checked the model's pins itself (runner.envs.choose_manager): MLflow's own check
         # of the installed packages would take a second more
@@ -134,7 +139,10 @@ def predict_in_env(
         }
         (tmp / "request.json").write_text(json.dumps(request))
         done = subprocess.run(
-            [str(python), "-I", str(WORKER), str(tmp / "request.json")], capture_output=True, text=True, check=False
+            [str(python), "-I", "-B", str(WORKER), str(tmp / "request.json")],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if done.returncode != 0:
             tail = "\n".join(done.stderr.strip().splitlines()[-10:])

@@ -5,7 +5,10 @@ Key ``K`` defaults to the model's name; ``--key-added K`` overrides it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+from runner.errors import UsageError
 
 UNASSIGNED = "Unassigned"
 
@@ -29,6 +32,7 @@ UNASSIGNED_THRESHOLD = "unassigned_threshold"
 NOVELTY_THRESHOLD = "novelty_threshold"
 BACKOFF = "backoff"
 LEVELS = ("compartment", "lineage")  # the levels of model_zoo/data/ontology_levels.csv
+RESULT_KEY = re.compile(r"^[^/\x00]+$")  # a key K names h5ad groups: no "/", not empty
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,10 @@ class ResultKeys:
     """The AnnData fields written for key ``K``."""
 
     key: str
+
+    def __post_init__(self) -> None:
+        if not RESULT_KEY.match(self.key):
+            raise UsageError(f"--key-added {self.key!r}: a key is not empty and holds no '/' (h5ad paths use it)")
 
     @property
     def predicted(self) -> str:  # obs: the answer (after back-off), 'Unassigned' if uncertain or novel

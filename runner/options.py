@@ -129,6 +129,12 @@ class ReadOptions(Options):
     obs_key: str | None = option(None, "Other HDF5: path of the cell names.")
     var_key: str | None = option(None, "Other HDF5: path of the gene names.")
     backed: bool = option(False, "h5ad: open backed (X stays on disk); `cellzoo inspect` reads so.", flag=None)
+    external_links: bool = option(
+        False,
+        "HDF5: follow external links and virtual datasets to other files (refused otherwise: a file could read "
+        "another's matrix).",
+        flag="--allow-external-links",
+    )
 
 
 DEFAULT_MIN_GENE_OVERLAP = 0.2

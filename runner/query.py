@@ -29,15 +29,62 @@ INTEGER_TOLERANCE = 1e-6  # values this close to an integer are counts written a
 LOG_MAX = 30.0  # non-integer data whose maximum is below this looks log-transformed
 MIN_GENE_SHARE = 0.2  # names of which this share are known genes are gene names
 TOTALS_SPREAD = 1e-3  # non-integer data whose cell totals vary less than this (relative) looks normalised
+NUMERIC_KINDS = "biuf"  # numpy kinds of values that may be counts: bool, signed and unsigned integers, floats
 
 
 def as_csr(x) -> sp.csr_matrix:
-    """Any matrix AnnData holds (dense, sparse, backed) as CSR, in memory."""
+    """Any matrix AnnData holds (dense, sparse, backed) as CSR, in memory (float16, which scipy does not
+    take, as float32)."""
     if hasattr(x, "to_memory"):
         x = x.to_memory()
     elif not (sp.issparse(x) or isinstance(x, np.ndarray)):
         x = x[()]
+    if x.dtype == np.float16:
+        x = x.astype(np.float32)
     return sp.csr_matrix(x)
+
+
+def dtype_problem(dtype) -> str:
+    """Why values of ``dtype`` cannot be counts ('' when they can): complex numbers, text, objects."""
+    if np.dtype(dtype).kind in NUMERIC_KINDS:
+        return ""
+    return f"holds values of type {np.dtype(dtype)}, not real numbers: raw counts are integers"
+
+
+def indptr_problem(indptr: np.ndarray, n_rows: int, n_values: int) -> str:
+    """Why the index pointer of a compressed sparse matrix of ``n_rows`` rows and ``n_values`` stored values
+    is broken ('' when it is sound). Vectorised: one pass over ``indptr``."""
+    if len(indptr) != n_rows + 1:
+        return f"has an index pointer of {len(indptr)} entries for {n_rows} rows (expected {n_rows + 1})"
+    if indptr[0] != 0 or indptr[-1] > n_values:
+        return f"has an index pointer from {indptr[0]} to {indptr[-1]}, outside its {n_values} stored values"
+    if n_rows and (np.diff(indptr) < 0).any():
+        return f"has a decreasing index pointer (first at row {int(np.argmax(np.diff(indptr) < 0))})"
+    return ""
+
+
+def indices_problem(indices: np.ndarray, n_columns: int) -> str:
+    """Why the column indices of (a block of) a compressed sparse matrix are broken ('' when they are not):
+    an index below 0 or past the last column. One reduction that allocates nothing: read as unsigned, a
+    negative index is larger than any column (10,000 cells x 2,500 values: 15 ms, where a min and a max took 27)."""
+    if not indices.size:
+        return ""
+    unsigned = indices.view(indices.dtype.str.replace("i", "u")) if indices.dtype.kind == "i" else indices
+    if unsigned.max() < n_columns:
+        return ""
+    return f"holds column indices outside 0..{n_columns - 1} (from {indices.min()} to {indices.max()})"
+
+
+def structure_problem(x) -> str:
+    """Why an in-memory matrix (dense, CSR or CSC) cannot be read as counts ('' when it can): its type, or a
+    broken sparse structure (which scipy accepts, moving a count to another gene or failing later)."""
+    problem = dtype_problem(x.dtype)
+    if problem or not sp.issparse(x) or x.format not in ("csr", "csc"):
+        return problem
+    n_major, n_minor = x.shape if x.format == "csr" else x.shape[::-1]
+    if len(x.indices) != len(x.data):
+        return f"has {len(x.indices)} indices for {len(x.data)} stored values"
+    return indptr_problem(x.indptr, n_major, len(x.data)) or indices_problem(x.indices, n_minor)
 
 
 def candidates(adata) -> list[tuple[str, object, pd.DataFrame]]:
@@ -49,7 +96,10 @@ def candidates(adata) -> list[tuple[str, object, pd.DataFrame]]:
 
 
 def row_sums(matrix: sp.csr_matrix) -> np.ndarray:
-    """Each cell's total."""
+    """Each cell's total; 64-bit integer counts are summed as float64 (in their own type, counts near 2**63
+    would wrap around to 0 and the cell be taken as empty). Other types sum without overflow in scipy's."""
+    if matrix.dtype.kind in "iu" and matrix.dtype.itemsize == 8:
+        matrix = sp.csr_matrix((matrix.data.astype(np.float64), matrix.indices, matrix.indptr), shape=matrix.shape)
     return np.asarray(matrix.sum(axis=1)).ravel()
 
 
@@ -232,13 +282,20 @@ def rebuilt_counts(head: sp.csr_matrix, obs: pd.DataFrame, source: str) -> Rebui
 
 def candidate_matrices(adata) -> list[tuple[str, sp.csr_matrix]]:
     """:func:`candidates` as CSR matrices, for the hint when the chosen matrix does not hold counts."""
-    return [(source, as_csr(x)) for source, x, _ in candidates(adata)]
+    return [(source, as_csr(x)) for source, x, _ in candidates(adata) if x is not None and not structure_problem(x)]
 
 
 def counts_matrix(adata, layer: str | None = None) -> tuple[str, object, pd.DataFrame]:
-    """Where the raw counts of an in-memory AnnData are (:func:`counts_source`): source, matrix, its var."""
+    """Where the raw counts of an in-memory AnnData are (:func:`counts_source`): source, matrix, its var;
+    refused when absent or damaged (:func:`structure_problem`)."""
     source = counts_source(layer, adata.layers, adata.raw is not None)
-    return next(found for found in candidates(adata) if found[0] == source)
+    found = next(found for found in candidates(adata) if found[0] == source)
+    if found[1] is None:
+        raise InputError(f"the input has no {source}: an h5ad file holds its matrix in X")
+    problem = structure_problem(found[1])
+    if problem:
+        raise InputError(f"{source} {problem}; the file is damaged")
+    return found
 
 
 def _counts_hint(others, failed: str) -> str:

@@ -77,6 +77,8 @@ def detect_format(path: Path, options: ReadOptions) -> str:
         raise UsageError(f"input {path} does not exist")
     if path.is_dir():
         return ZARR if is_zarr_store(path) else TENX_MTX
+    if not path.is_file():  # a pipe would block the read below for ever
+        raise InputError(f"{path} is not a regular file (a pipe, socket or device): write the data to a file first")
     with open(path, "rb") as fh:
         head = fh.read(512)
     name = path.name.lower()
@@ -114,6 +116,8 @@ def _hdf5_kind(path: Path, options: ReadOptions) -> str:
         return HDF5
     try:
         with h5py.File(path, "r") as f:
+            if not options.external_links:
+                _check_links(path, f)
             keys = set(f.keys())
             if f.attrs.get("encoding-type") == "anndata" or {"X", "obs", "var"} <= keys:
                 return H5AD
@@ -127,6 +131,40 @@ def _hdf5_kind(path: Path, options: ReadOptions) -> str:
         f"{path} is HDF5 but not h5ad, loom or 10x: say where the matrix and names are with --matrix-key, "
         f"--var-key and --obs-key. Its tree:\n{hdf5_tree(path)}"
     )
+
+
+def _check_links(path: Path, f) -> None:
+    """Refuse links to other files (external links, virtual datasets), which h5py follows silently, and soft
+    links that lead nowhere or in a circle. Only the links are walked (no dataset is read)."""
+    import h5py
+
+    def visit(name: str, link) -> str | None:  # a message stops the walk (h5py cannot raise through it)
+        if isinstance(link, h5py.ExternalLink):
+            return (
+                f"{path}: /{name} is a link to {link.filename}:{link.path}, another file; cellzoo reads only the "
+                "file it is given. Pass --allow-external-links if that file is meant to be read too"
+            )
+        if isinstance(link, h5py.SoftLink) and _target(f, name) is None:
+            return f"{path}: /{name} is a soft link to {link.path}, which leads nowhere or in a circle"
+        node = _target(f, name) if isinstance(link, h5py.HardLink) else None
+        if isinstance(node, h5py.Dataset) and node.is_virtual:
+            return (
+                f"{path}: /{name} is a virtual dataset (its values live in other files); pass "
+                "--allow-external-links if those files are meant to be read too"
+            )
+        return None
+
+    problem = f.visititems_links(visit)
+    if problem:
+        raise InputError(problem)
+
+
+def _target(f, name: str):
+    """The object a link of ``f`` leads to, or ``None`` (a soft link to nothing, or a circle of links)."""
+    try:
+        return f[name]
+    except (KeyError, RuntimeError):
+        return None
 
 
 def hdf5_tree(path: Path, limit: int = TREE_LINES) -> str:
@@ -152,8 +190,20 @@ def _decode(values) -> pd.Index:
 def read_h5ad(path: Path, options: ReadOptions):
     """An h5ad file, in memory or backed (``options.backed``: X stays on disk)."""
     import anndata as ad
+    from anndata._io.specs.registry import IORegistryError  # what anndata raises for an unknown encoding
 
-    adata = ad.read_h5ad(path, backed="r" if options.backed else None)
+    try:
+        adata = ad.read_h5ad(path, backed="r" if options.backed else None)
+    except IORegistryError as err:
+        raise InputError(
+            f"{path}: an element has an encoding anndata does not know ({err}); the file is damaged"
+        ) from err
+    if options.backed and adata.X is not None and tuple(adata.X.shape) != adata.shape:  # read whole, anndata checks
+        adata.file.close()
+        raise InputError(
+            f"{path}: X is {adata.X.shape[0]} x {adata.X.shape[1]} but obs and var name {adata.n_obs} x "
+            f"{adata.n_vars}; the file is damaged"
+        )
     return adata, InputDescription(path, H5AD + (" (backed)" if options.backed else ""))
 
 

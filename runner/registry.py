@@ -16,8 +16,10 @@ Schema (``schema_version: 1``)::
             tissue: <text>
             description: <text>
 
-Every field is required; unknown fields are refused (a typo must not pass silently). Errors name the
-file, the line, the model, the version and the field.
+Every field is required; unknown fields are refused (a typo must not pass silently), and so are a key
+written twice, YAML anchors and aliases (``&a`` / ``*a``: a registry needs none, and they make a small
+file expand without bound), nesting deeper than :data:`MAX_NESTING` and a file that is not UTF-8 text.
+Errors name the file, the line, the model, the version and the field.
 
 Layering: the zoo's ``registry.yaml`` (or ``$CELLZOO_REGISTRY``, which replaces it) comes first, then
 the files of ``$CELLZOO_REGISTRIES`` (a path list, separated like ``$PATH``), then ``--registry``
@@ -54,6 +56,7 @@ VERSION_FIELDS = {
     "tissue": str,
     "description": str,
 }
+MAX_NESTING = 8  # a registry is 5 levels deep (models, NAME, versions, VERSION, field)
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 VERSION = re.compile(r"^[A-Za-z0-9_.+-]+$")
@@ -195,16 +198,21 @@ def load_registry(path: Path | None = None) -> Registry:
 
     path = path or registry_path()
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError as err:
         raise RegistryError(f"registry file {path} does not exist (set ${REGISTRY_ENV} to another)") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise RegistryError(f"registry file {path} cannot be read as UTF-8 text: {err}") from err
     try:
+        _check_structure(path, text)
         root = yaml.compose(text)
         doc = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise RegistryError(f"{where}: registry is not valid YAML: {err}") from err
+    except ValueError as err:  # e.g. an integer of more digits than Python converts
+        raise RegistryError(f"{path}: registry holds a value that cannot be read: {err}") from err
     lines = _Lines(path, root)
     if not isinstance(doc, dict) or doc.get("schema_version") != SCHEMA_VERSION:
         raise RegistryError(f"{lines.at()}: expected 'schema_version: {SCHEMA_VERSION}' at the top")
@@ -231,6 +239,36 @@ def load_registry(path: Path | None = None) -> Registry:
         entries[name] = {v: replace(e, is_default=v == str(default)) for v, e in versions.items()}
         defaults[name] = str(default)
     return Registry(path=path, entries=entries, defaults=defaults, files=(path,))
+
+
+def _check_structure(path: Path, text: str) -> None:
+    """Refuse, from the YAML events (read without building anything), anchors and aliases, nesting deeper
+    than :data:`MAX_NESTING`, keys that are not plain values and keys written twice in one mapping."""
+    import yaml
+
+    open_nodes: list[dict | None] = []  # per open mapping: the keys seen and whether a key comes next
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        line = f"{path}:{event.start_mark.line + 1}"
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise RegistryError(f"{line}: YAML anchors and aliases (&NAME, *NAME) are not allowed in a registry")
+        if isinstance(event, yaml.CollectionEndEvent):
+            open_nodes.pop()
+            continue
+        if not isinstance(event, yaml.NodeEvent):
+            continue
+        mapping = open_nodes[-1] if open_nodes else None
+        if mapping is not None:
+            if mapping["key"] and not isinstance(event, yaml.ScalarEvent):
+                raise RegistryError(f"{line}: a key must be a plain name, not a list or mapping")
+            if mapping["key"] and event.value in mapping["seen"]:
+                raise RegistryError(f"{line}: the key {event.value[:80]!r} is written twice; keep one")
+            if mapping["key"]:
+                mapping["seen"].add(event.value)
+            mapping["key"] = not mapping["key"]
+        if isinstance(event, yaml.CollectionStartEvent):
+            open_nodes.append({"seen": set(), "key": True} if isinstance(event, yaml.MappingStartEvent) else None)
+            if len(open_nodes) > MAX_NESTING:
+                raise RegistryError(f"{line}: nested more than {MAX_NESTING} levels deep; a registry needs 5")
 
 
 def _entry(lines: _Lines, path: Path, name: str, version: Any, fields: Any) -> RegistryEntry:

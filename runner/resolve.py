@@ -5,12 +5,16 @@ Accepted references, and when each is trusted (loading a pyfunc runs its Python 
 =====================================  ==========================================================
 ``NAME``, ``NAME@VERSION``             a registry entry (zoo or user registry): trusted, pinned by sha256
 ``URL#sha256=HEX``                     ``https://``, ``http://``, ``file://``: trusted, the pin fixes the bytes
-``https://…``, ``http://…``, ``file://…``  no pin: needs ``trust=True`` (``--trust``)
+``https://…``, ``http://…``, ``file://…``  no pin: needs ``trust=True`` (``--trust``), a folder too
 ``path/to/model.zip``                  trusted if its sha256 is in a registry, else needs ``--trust``
-``path/to/model_dir/``                 trusted: a folder the user points to is the user's own code
+``path/to/model_dir/``                 trusted: a folder the user points to by a path is the user's own code
 ``models:/NAME/N``, ``runs:/ID/PATH``  trusted: the user's own MLflow tracking server
                                        (``tracking_uri`` or ``$MLFLOW_TRACKING_URI``)
 =====================================  ==========================================================
+
+A bare name (no ``/``) always means the registry: a local file or folder is written as a path
+(``./pbmc``), so that a folder in the working directory never stands in for a registry model. A bare
+name that is also a file or folder here is refused, with both readings.
 
 An MLflow model is downloaded with MLflow's client, packed into a deterministic zip and cached by
 that zip's sha256 (so the same files give the same sha256 as the zoo's archive of them).
@@ -85,7 +89,13 @@ def resolve_model_ref(
     """
     if MLFLOW_URI.match(reference):
         return _from_mlflow(reference, tracking_uri or os.environ.get(TRACKING_ENV), offline)
-    local = Path(reference.removeprefix("file://") if URL.match(reference) else reference).expanduser()
+    name, _, version = reference.partition("@")
+    if NAME.match(name) and (not version or VERSION.match(version)) and "/" not in reference:
+        return _from_registry(reference, name, version, registries, offline)
+    is_url = URL.match(reference)
+    local = Path(reference.removeprefix("file://") if is_url else reference).expanduser()
+    if local.is_dir() and is_url and not trust:
+        raise UsageError(f"refusing {reference}: the URL names a folder, which has no pin; {TRUST_HINT}")
     if local.is_dir():
         if not (local / "MLmodel").is_file():
             raise UsageError(f"{local} is a folder but not an MLflow model directory (no MLmodel file in it)")
@@ -109,21 +119,38 @@ def resolve_model_ref(
             raise UsageError(f"refusing {reference}: the URL has no #sha256= pin and is in no registry; {TRUST_HINT}")
         path, digest = cache.fetch_unpinned(reference, offline=offline)
         return ResolvedModel(path=path, reference=reference, url=reference, sha256=digest)
-    name, _, version = reference.partition("@")
-    if NAME.match(name) and (not version or VERSION.match(version)) and "/" not in reference:
-        entry = load_registries(registries).get(name, version or None)
-        path = cache.fetch_model(entry.url, entry.sha256, size=entry.size, offline=offline)
-        return ResolvedModel(
-            path=path,
-            reference=reference,
-            url=entry.url,
-            sha256=entry.sha256,
-            registry_name=entry.name,
-            registry_version=entry.version,
-        )
     raise UsageError(
         f"cannot resolve model {reference!r}: not a registry name (NAME or NAME@VERSION), an existing model "
         "directory or zip, a URL (https://HOST/PATH.zip#sha256=<64 hex>), or an MLflow URI (models:/NAME/N)"
+    )
+
+
+def _from_registry(
+    reference: str, name: str, version: str, registries: list[Path] | tuple[Path, ...], offline: bool
+) -> ResolvedModel:
+    """A registry entry, refused when the bare name is also a file or folder here (both readings said)."""
+    here = Path(reference)
+    if here.exists() or here.is_symlink():
+        kind = "folder" if here.is_dir() else "file"
+        try:
+            entry = load_registries(registries).get(name, version or None)
+            registry = f"the registry model {entry.name} {entry.version} (pinned: {entry.pinned_reference})"
+        except UsageError:
+            registry = "no registry model"
+        raise UsageError(
+            f"-m {reference} is ambiguous: it names {registry} and the {kind} ./{reference} here. A bare name means "
+            f"the registry: run from another folder (or use the pinned reference) for the registry model, or write "
+            f"./{reference} for the {kind} (its code runs when it is loaded)"
+        )
+    entry = load_registries(registries).get(name, version or None)
+    path = cache.fetch_model(entry.url, entry.sha256, size=entry.size, offline=offline)
+    return ResolvedModel(
+        path=path,
+        reference=reference,
+        url=entry.url,
+        sha256=entry.sha256,
+        registry_name=entry.name,
+        registry_version=entry.version,
     )
 
 

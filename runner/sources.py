@@ -18,7 +18,16 @@ import numpy as np
 import scipy.sparse as sp
 
 from runner.errors import InputError, UsageError
-from runner.query import as_csr, candidate_matrices, counts_matrix, counts_source, rebuilt_counts
+from runner.query import (
+    as_csr,
+    candidate_matrices,
+    counts_matrix,
+    counts_source,
+    dtype_problem,
+    indices_problem,
+    indptr_problem,
+    rebuilt_counts,
+)
 from runner.readers import H5AD, READ_ERRORS, InputDescription, ReadOptions, detect_format, read_input
 from runner.write import streamed_output, write_h5ad_atomic
 
@@ -108,6 +117,12 @@ class StreamedH5ad:
             self.var = ad.io.read_elem(f["raw/var" if self.source == "raw.X" else "var"])
             self.obs = ad.io.read_elem(f["obs"])
             self._matrix = _row_reader(element, self.source)
+            n_cells, n_genes = self._matrix.shape
+            if (n_cells, n_genes) != (len(self.obs), len(self.var)):
+                raise InputError(
+                    f"{path}: {self.source} is {n_cells} cells x {n_genes} genes, but obs names {len(self.obs)} cells "
+                    f"and var {len(self.var)} genes; the file is damaged"
+                )
             self.rebuild = rebuilt_counts(as_csr(self._matrix[:HEAD_CELLS]).copy(), self.obs, self.source)
         except BaseException:
             self.file.close()
@@ -190,6 +205,15 @@ class CsrRows:
         self.shape = tuple(int(n) for n in group.attrs["shape"])
         self._buffers: list[tuple[np.ndarray, np.ndarray] | None] = [None, None]
         self._turn = 0
+        self.where = f"{group.file.filename}: {group.name.lstrip('/')}"
+        lengths = f"has {len(self.indices)} indices for {len(self.data)} stored values"
+        problem = (
+            dtype_problem(self.data.dtype)
+            or (lengths if len(self.indices) != len(self.data) else "")
+            or indptr_problem(self.indptr, self.shape[0], len(self.data))
+        )
+        if problem:
+            raise InputError(f"{self.where} {problem}; the file is damaged")
 
     def __getitem__(self, rows: slice) -> sp.csr_matrix:
         start, stop, _ = rows.indices(self.shape[0])
@@ -199,6 +223,9 @@ class CsrRows:
         if last > first:
             self.data.read_direct(data, np.s_[first:last])
             self.indices.read_direct(indices, np.s_[first:last])
+        problem = indices_problem(indices, self.shape[1])  # checked once per block, as it is read
+        if problem:
+            raise InputError(f"{self.where} (cells {start}-{stop}) {problem}; the file is damaged")
         indptr = self.indptr[start : stop + 1] - first
         if indices.dtype == np.int32 and last - first <= np.iinfo(np.int32).max:
             indptr = indptr.astype(np.int32)  # else scipy would copy the indices to int64
@@ -227,7 +254,12 @@ def _row_reader(element, source: str):
             f"{source} is stored as {kind}, which cannot be read a block of cells at a time; pass --in-memory, "
             "or rewrite the file with cells as rows (adata.X = adata.X.tocsr(); adata.write_h5ad(...))"
         )
-    return CsrRows(element) if isinstance(element, h5py.Group) else element
+    if isinstance(element, h5py.Group):
+        return CsrRows(element)
+    problem = dtype_problem(element.dtype)
+    if problem:
+        raise InputError(f"{element.file.filename}: {source} {problem}")
+    return element
 
 
 def h5ad_cells(path: Path, counts_layer: str | None) -> tuple[int, bool]:

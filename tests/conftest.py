@@ -140,3 +140,28 @@ def log_normalised(adata, *, target_sum: float | None = 1e4, size_column: str = 
     sc.pp.log1p(normalised)
     normalised.uns.pop("log1p", None)
     return normalised
+
+
+def expect_clean(action):
+    """Run ``action``: ``None`` if it succeeds, the :class:`CellzooError` it raises (what the CLI turns into
+    one line and exit 1 or 2); any other exception (a traceback for a user) fails the test."""
+    import traceback
+
+    from runner.errors import CellzooError
+
+    try:
+        action()
+    except CellzooError as err:
+        return err
+    except Exception:  # the point: anything else is a traceback for a user
+        pytest.fail(f"a traceback instead of a cellzoo error:\n{traceback.format_exc()}")
+    return None
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess, code: int, *needles: str) -> None:
+    """A CLI failure as the house wants it: exit ``code``, one line on stderr (``error: ...``), no traceback."""
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == code, done.stderr
+    assert "Traceback" not in done.stderr and lines and lines[-1].startswith("error: "), done.stderr
+    for needle in needles:
+        assert needle in lines[-1], done.stderr

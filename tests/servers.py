@@ -154,3 +154,95 @@ class MlflowServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class FaultyServer:
+    """Serves one file (``data``) at ``/BEHAVIOUR`` the way a broken or hostile server would.
+
+    Behaviours: ``ok``; ``huge`` (the file, then junk without end, no Content-Length); ``huge-declared``
+    (``Content-Length`` of 300 MiB); ``short`` (half the file, no Content-Length, then closes); ``bad-206``
+    (half the file at first; a resume is answered with a ``206`` whose range starts at 0; a request without a
+    range gets the whole file); ``length-abc`` (``Content-Length: abc``); ``two-lengths`` (two different
+    ``Content-Length`` headers); ``bad-range-total`` (a resume answered with a range beyond the file).
+    ``requests`` records (path, Range header) of every GET; ``sent`` the bytes written per path.
+    """
+
+    JUNK_LIMIT = 64 << 20  # a runaway client still stops here
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.requests: list[tuple[str, str | None]] = []
+        self.sent: dict[str, int] = {}
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, behaviour: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{behaviour}"
+
+    def __enter__(self) -> FaultyServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"  # the connection closes after each answer
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                behaviour, ranged = self.path.strip("/"), self.headers.get("Range")
+                server.requests.append((self.path, ranged))
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self._answer(behaviour, ranged, server.data)
+
+            def _write(self, body: bytes) -> None:
+                self.wfile.write(body)
+                server.sent[self.path] = server.sent.get(self.path, 0) + len(body)
+
+            def _head(self, status: int, *headers: tuple[str, str]) -> None:
+                self.send_response(status)
+                for name, value in headers:
+                    self.send_header(name, value)
+                self.end_headers()
+
+            def _answer(self, behaviour: str, ranged: str | None, data: bytes) -> None:
+                if behaviour in ("huge", "huge-declared"):
+                    declared = [("Content-Length", str(300 << 20))] if behaviour == "huge-declared" else []
+                    self._head(200, *declared)
+                    self._write(data)
+                    while server.sent[self.path] < server.JUNK_LIMIT:
+                        self._write(bytes(1 << 16))
+                elif behaviour == "short" or (
+                    behaviour in ("bad-206", "bad-range-total") and ranged is None and server.gets(behaviour) == 1
+                ):
+                    self._head(200, *([("Content-Length", str(len(data)))] if behaviour != "short" else []))
+                    self._write(data[: len(data) // 2])
+                elif behaviour == "bad-206" and ranged:
+                    self._head(206, ("Content-Range", f"bytes 0-{len(data) - 1}/{len(data)}"))
+                    self._write(data)
+                elif behaviour == "bad-range-total" and ranged:
+                    self._head(206, ("Content-Range", f"{ranged.replace('=', ' ')}{len(data) * 9}/{len(data) * 10}"))
+                    self._write(bytes(len(data) * 9))
+                elif behaviour == "length-abc":
+                    self._head(200, ("Content-Length", "abc"))
+                    self._write(data)
+                elif behaviour == "two-lengths":
+                    self._head(200, ("Content-Length", str(len(data))), ("Content-Length", str(len(data) + 5)))
+                    self._write(data)
+                elif behaviour in ("ok", "bad-206", "bad-range-total"):
+                    self._head(200, ("Content-Length", str(len(data))))
+                    self._write(data)
+                else:
+                    self.send_error(404, "Not Found")
+
+        return Handler
+
+    def gets(self, behaviour: str) -> int:
+        return sum(path == f"/{behaviour}" for path, _ in self.requests)
