@@ -304,7 +304,7 @@ def align_genes(
     )
 
 
-PANEL_HINT_FRACTION = 0.5  # below this share of the model's genes, annotate suggests a panel-exact model
+PANEL_HINT_FRACTION = 0.25  # below this share of the model's genes, annotate suggests a panel-exact model
 
 
 def panel_hint(model_name: str) -> str:

@@ -142,6 +142,17 @@ def log_normalised(adata, *, target_sum: float | None = 1e4, size_column: str = 
     return normalised
 
 
+def annotate_file(path, model: str, *, read_options=None, **options):
+    """:func:`runner.annotate.annotate` with the run's options as keywords (routed to the option objects by
+    name, as the Python API routes them); ``output``, ``table``, ``key_added`` and ``overwrite`` as they are."""
+    from runner.annotate import annotate
+    from runner.options import CheckOptions, ModelOptions, RunOptions, split_options
+
+    direct = {k: options.pop(k) for k in ("output", "table", "key_added", "overwrite") if k in options}
+    checks, run, source = split_options(options, (CheckOptions, RunOptions, ModelOptions))
+    return annotate(path, model, read=read_options, checks=checks, run=run, source=source, **direct)
+
+
 def expect_clean(action):
     """Run ``action``: ``None`` if it succeeds, the :class:`CellzooError` it raises (what the CLI turns into
     one line and exit 1 or 2); any other exception (a traceback for a user) fails the test."""

@@ -9,10 +9,9 @@ import anndata as ad
 import numpy as np
 import pytest
 
-from runner.annotate import annotate
 from runner.errors import CellzooError, InputError
 from tests import corpus
-from tests.conftest import expect_clean, sha256
+from tests.conftest import annotate_file, expect_clean, sha256
 
 CASES = [(name, *case, None) for name, case in corpus.INPUTS.items()]
 CASES += [(name, damage, True, "counts") for name, damage in corpus.LAYER_CASES.items()]
@@ -24,7 +23,7 @@ def test_a_damaged_h5ad_is_refused_or_read_right(name, damage, refused, layer, b
     path = corpus.damaged_h5ad(tmp_path, damage)
     before = sha256(path)
     output = tmp_path / "out" / "annotated.h5ad"
-    error = expect_clean(lambda: annotate(path, "pbmc", output=output, backed=backed, counts_layer=layer))
+    error = expect_clean(lambda: annotate_file(path, "pbmc", output=output, backed=backed, counts_layer=layer))
     assert sha256(path) == before  # the input is never modified
     if refused:
         assert isinstance(error, CellzooError), f"{name}: {error}"  # UsageError: a layout only --in-memory reads
@@ -40,14 +39,14 @@ def test_a_damaged_h5ad_is_refused_or_read_right(name, damage, refused, layer, b
 def test_inspect_describes_a_damaged_h5ad_or_refuses_it(name, damage, refused, layer, tmp_path):
     """`cellzoo inspect` reads the same files: a report (which offers no command for a damaged matrix) or one error."""
     from runner.describe import inspect_input
-    from runner.readers import ReadOptions
+    from runner.options import CheckOptions, ReadOptions
 
     path = corpus.damaged_h5ad(tmp_path, damage)
     report = None
 
     def inspect() -> None:
         nonlocal report
-        report = inspect_input(path, ReadOptions(), model_ref="pbmc", counts_layer=layer)
+        report = inspect_input(path, ReadOptions(), model_ref="pbmc", checks=CheckOptions(counts_layer=layer))
 
     error = expect_clean(inspect)
     if error is None and refused:
@@ -55,17 +54,17 @@ def test_inspect_describes_a_damaged_h5ad_or_refuses_it(name, damage, refused, l
 
 
 def test_external_links_are_followed_only_when_asked(tmp_path):
-    from runner.readers import ReadOptions
+    from runner.options import ReadOptions
 
     path = corpus.damaged_h5ad(tmp_path, corpus.INPUTS["external link to another file"][0])
     options = ReadOptions(external_links=True)
-    assert expect_clean(lambda: annotate(path, "pbmc", output=tmp_path / "o.h5ad", read_options=options)) is None
+    assert expect_clean(lambda: annotate_file(path, "pbmc", output=tmp_path / "o.h5ad", read_options=options)) is None
 
 
 def test_a_pipe_as_input_is_refused_at_once(tmp_path):
     fifo = tmp_path / "query.h5ad"
     os.mkfifo(fifo)
-    error = expect_clean(lambda: annotate(fifo, "pbmc", output=tmp_path / "o.h5ad"))
+    error = expect_clean(lambda: annotate_file(fifo, "pbmc", output=tmp_path / "o.h5ad"))
     assert isinstance(error, InputError) and "not a regular file" in str(error)
 
 

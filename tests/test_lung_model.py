@@ -10,8 +10,7 @@ import yaml
 from model_zoo.build import read_gene_list
 from model_zoo.metrics import ontology_match
 from model_zoo.ontology import class_hierarchy
-from runner.annotate import annotate
-from tests.conftest import ROOT, data_file, run_cli
+from tests.conftest import ROOT, annotate_file, data_file, run_cli
 
 pytestmark = pytest.mark.slow
 TS, TRAVAGLINI = "lung/tabula_sapiens_lung.h5ad", "lung/travaglini2020_lung.h5ad"
@@ -32,7 +31,7 @@ def test_lung_answers_real_cells_at_every_level(tmp_path):
     """Both studies' cells (the model's own references: these check the answers and levels fit together,
     the cross-study score is the benchmark's leave-one-study-out table)."""
     out = tmp_path / "annotated.h5ad"
-    annotate(data_file(TS), "lung", output=out)
+    annotate_file(data_file(TS), "lung", output=out)
     result = ad.read_h5ad(out)
     truth = result.obs["cell_type_ontology_term_id"].astype(str).to_numpy()
     answer = result.obs["lung_ontology_term_id"].astype(str).to_numpy()
@@ -67,7 +66,7 @@ def test_panel_exact_model_trains_on_the_panel_and_annotates_a_panel_query(tmp_p
     meta = yaml.safe_load((model_dir / "MLmodel").read_text())["metadata"]
     assert meta["training_reference"]["panel"]["genes_used"] <= query.n_vars
     out = tmp_path / "annotated.h5ad"
-    annotate(panel_query, str(model_dir), output=out, key_added="panel")
+    annotate_file(panel_query, str(model_dir), output=out, key_added="panel")
     result = ad.read_h5ad(out)
     assert result.uns["panel"]["gene_overlap"]["fraction"] == 1.0
     truth = level_of(result.obs["cell_ontology_id"].astype(str).to_numpy(), "lineage")

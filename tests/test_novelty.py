@@ -7,15 +7,14 @@ import anndata as ad
 import numpy as np
 import pytest
 
-from runner.annotate import annotate
-from tests.conftest import data_file
+from tests.conftest import annotate_file, data_file
 
 pytestmark = pytest.mark.slow
 
 
 def annotated(tmp_path, dataset: str, **options) -> ad.AnnData:
     out = tmp_path / "annotated.h5ad"
-    annotate(data_file(dataset), "pbmc", output=out, key_added="k", overwrite=True, **options)
+    annotate_file(data_file(dataset), "pbmc", output=out, key_added="k", overwrite=True, **options)
     return ad.read_h5ad(out)
 
 

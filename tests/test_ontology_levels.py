@@ -10,8 +10,7 @@ import pytest
 from model_zoo.harmonise import DROPPED_COARSE, DROPPED_RARE, cap_and_fill, harmonise
 from model_zoo.metrics import ontology_match
 from model_zoo.ontology import NOVEL, UNASSIGNED, answers, class_hierarchy, level_answers, term_lineage
-from runner.annotate import annotate
-from tests.conftest import data_file, truth_terms
+from tests.conftest import annotate_file, data_file, truth_terms
 
 PBMC = {"B": "CL:0000236", "MNP": "CL:0000113", "NK": "CL:0000623", "T_CD4": "CL:0000624", "T_CD8": "CL:0000625"}
 CLASSES = np.array(sorted(PBMC))
@@ -106,7 +105,7 @@ def test_back_off_turns_wrong_fine_answers_into_right_coarser_ones_on_kang(tmp_p
     runs = {}
     for backoff in (True, False):
         out = tmp_path / f"backoff-{backoff}.h5ad"
-        annotate(query, "pbmc", output=out, key_added="k", backoff=backoff)
+        annotate_file(query, "pbmc", output=out, key_added="k", backoff=backoff)
         runs[backoff] = ad.read_h5ad(out)
     truth = truth_terms("pbmc/kang2018_pbmc.h5ad", runs[True].obs["cluster_id"])
 

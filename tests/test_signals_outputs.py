@@ -14,11 +14,10 @@ import h5py
 import pytest
 
 from runner import interrupt
-from runner.annotate import annotate
 from runner.files import atomic_path
 from runner.resolve import resolve_model_ref
 from tests import corpus
-from tests.conftest import BIN, assert_one_line_error, expect_clean, sha256
+from tests.conftest import BIN, annotate_file, assert_one_line_error, expect_clean, sha256
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -30,7 +29,7 @@ def leftovers(folder: Path) -> list[str]:
 def test_an_output_misuse_is_refused_and_loses_nothing(name, example_copy):
     query, kwargs, expected = corpus.OUTPUT_MISUSES[name](example_copy)
     before = {p: sha256(p) for p in example_copy.parent.rglob("*") if p.is_file()}
-    error = expect_clean(lambda: annotate(query, "pbmc", **kwargs))
+    error = expect_clean(lambda: annotate_file(query, "pbmc", **kwargs))
     assert isinstance(error, expected), f"{name}: {error!r}"
     after = {p: sha256(p) for p in example_copy.parent.rglob("*") if p.is_file()}
     assert after == before  # the input and every earlier file unchanged; no output, no folder, no temporary file
@@ -84,7 +83,7 @@ def test_what_kill_9_left_is_swept_by_the_next_run(example_copy):
     assert leftovers(output.parent) and output.exists() and output.stat().st_size == 0  # the claim, abandoned
     alive = output.with_name(f".o.h5ad.{os.getpid()}@{os.uname().nodename}.keep.tmp")  # a live run's
     alive.touch()
-    assert expect_clean(lambda: annotate(example_copy, "pbmc", output=output)) is None
+    assert expect_clean(lambda: annotate_file(example_copy, "pbmc", output=output)) is None
     assert leftovers(output.parent) == [alive.name]  # the dead run's removed, the live run's kept
     with h5py.File(output) as f:
         assert "pbmc_predicted" in f["obs"]
