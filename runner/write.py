@@ -89,7 +89,8 @@ def write_results(
     ``obs[K_predicted]``
         categorical: the answer, the most specific label the model stands behind: its class, a common
         Cell Ontology ancestor of the classes the probability is split between (back-off), or
-        ``Unassigned`` (uncertain even so, novel, or ``no_signal``). Only the categories that occur.
+        ``Unassigned`` (uncertain even so, novel, or ``no_signal``). Only the categories that occur, as
+        plain ``str`` (every categorical below too): scanpy, ``cellxgene-schema`` and ``cellxgene launch`` read them.
     ``obs[K_ontology_term_id]``
         Cell Ontology id of the answer ('' when unassigned or unknown).
     ``obs[K_uncertainty]``

@@ -137,7 +137,7 @@ def mentions_ours(messages: list[str]) -> list[str]:
 def test_cellxgene_schema_accepts_the_annotation_fields(annotated, tmp_path, monkeypatch):
     python = tool_python("cellxgene-schema", monkeypatch)
     complete = schema_complete(ad.read_h5ad(annotated))
-    files = {"ours": tmp_path / "ours.h5ad", "dataframe": tmp_path / "dataframe.h5ad", "unused": tmp_path / "unused.h5ad"}
+    files = {name: tmp_path / f"{name}.h5ad" for name in ("ours", "dataframe", "unused")}
     complete.write_h5ad(files["ours"])
     # two layouts the checks must catch, so that this test can fail: probabilities as a DataFrame in obsm
     # (the first layout of issue 16), and a category no cell has (the second)
