@@ -214,7 +214,8 @@ def test_cellxgene_launch_serves_the_labels_and_the_umap(annotated, tmp_path, mo
             assert columns[key]["categories"] == list(adata.obs[key].cat.categories), key
         assert columns[KEYS.uncertainty]["type"] == columns[KEYS.novelty]["type"] == "float32"
         assert {"pbmc", "pbmc_umap"} <= {layout["name"] for layout in schema["layout"]["obs"]}
-        # the browser's requests: the flatbuffers wire format, gzip accepted (requests sends that by default)
+        # the browser's requests: the flatbuffers wire format, gzip accepted (requests sends that by default;
+        # without it cellxgene 1.3.0 under Werkzeug 3.1 breaks off any data answer: 'applications must write bytes')
         binary = {"Accept": "application/octet-stream"}
         labels = [KEYS.predicted, KEYS.level("lineage"), KEYS.ontology_term_id]
         answers = [
