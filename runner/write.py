@@ -55,11 +55,12 @@ def make_barcodes_unique(adata) -> int:
 
 
 def _categorical(values: np.ndarray) -> pd.Categorical:
-    """Only the categories that occur (sorted, ``Unassigned`` last): scanpy's plots and
-    ``rank_genes_groups`` fail on a subset whose categories include absent ones."""
-    values = np.asarray(values, dtype=object).astype(str)
-    present = sorted(set(values) - {keys.UNASSIGNED}) + ([keys.UNASSIGNED] if keys.UNASSIGNED in values else [])
-    return pd.Categorical(values, categories=present)
+    """Only the categories that occur (sorted, ``Unassigned`` last), as plain ``str``: scanpy's plots and
+    ``rank_genes_groups`` fail on categories that no cell has, and ``cellxgene-schema`` refuses categories
+    of mixed types (numpy's ``str_`` beside ``str``)."""
+    labels = np.asarray(values, dtype=object).astype(str).tolist()
+    present = sorted(set(labels) - {keys.UNASSIGNED}) + ([keys.UNASSIGNED] if keys.UNASSIGNED in labels else [])
+    return pd.Categorical(labels, categories=present)
 
 
 def _text(frame: pd.DataFrame, column: str, default: str = "") -> np.ndarray:
@@ -88,7 +89,8 @@ def write_results(
     ``obs[K_predicted]``
         categorical: the answer, the most specific label the model stands behind: its class, a common
         Cell Ontology ancestor of the classes the probability is split between (back-off), or
-        ``Unassigned`` (uncertain even so, novel, or ``no_signal``). Only the categories that occur.
+        ``Unassigned`` (uncertain even so, novel, or ``no_signal``). Only the categories that occur, as
+        plain ``str`` (every categorical below too): scanpy, ``cellxgene-schema`` and ``cellxgene launch`` read them.
     ``obs[K_ontology_term_id]``
         Cell Ontology id of the answer ('' when unassigned or unknown).
     ``obs[K_uncertainty]``
