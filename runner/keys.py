@@ -33,6 +33,19 @@ NOVELTY_THRESHOLD = "novelty_threshold"
 BACKOFF = "backoff"
 LEVELS = ("compartment", "lineage")  # the levels of model_zoo/data/ontology_levels.csv
 RESULT_KEY = re.compile(r"^[^/\x00]+$")  # a key K names h5ad groups: no "/", not empty
+# keys whose K_ontology_term_id is a column the CELLxGENE schema defines (where '' for Unassigned is invalid)
+SCHEMA_KEYS = (
+    "assay",
+    "cell_type",
+    "development_stage",
+    "disease",
+    "ethnicity",
+    "experimental_condition",
+    "organism",
+    "self_reported_ethnicity",
+    "sex",
+    "tissue",
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,11 @@ class ResultKeys:
     def __post_init__(self) -> None:
         if not RESULT_KEY.match(self.key):
             raise UsageError(f"--key-added {self.key!r}: a key is not empty and holds no '/' (h5ad paths use it)")
+        if self.key in SCHEMA_KEYS:
+            raise UsageError(
+                f"--key-added {self.key!r} would write {self.key}_ontology_term_id, a column the CELLxGENE schema "
+                f"defines otherwise; choose another key, e.g. {self.key}_cellzoo"
+            )
 
     @property
     def predicted(self) -> str:  # obs: the answer (after back-off), 'Unassigned' if uncertain or novel

@@ -121,3 +121,12 @@ def test_back_off_turns_wrong_fine_answers_into_right_coarser_ones_on_kang(tmp_p
     assert with_backoff[coarser & t_cells].mean() >= 0.9
     # the finest guess stays available behind the answer
     assert (runs[True].obs["k_finest"].astype(str) == runs[False].obs["k_finest"].astype(str)).all()
+
+
+def test_a_key_that_would_write_a_cellxgene_schema_column_is_refused():
+    from runner.errors import UsageError
+    from runner.keys import ResultKeys
+
+    with pytest.raises(UsageError, match="cell_type_cellzoo"):
+        ResultKeys("cell_type")
+    assert ResultKeys("celltype").ontology_term_id == "celltype_ontology_term_id"
