@@ -1,32 +1,47 @@
 """How unlike the reference a cell is: the novelty score every family writes beside its probabilities.
 
 A probability over the reference's classes cannot say "none of these". The novelty score is the larger
-of two ratios, each 1.0 at the value that only 0.5% of held-out reference cells exceed, so a cell above
-1.0 is less like the reference than 99.5% of the reference's own cells (by either measure; about 1% of
-reference-like cells exceed 1.0 in all):
+of two ratios, each 1.0 at its threshold, so that a cell above 1.0 is novel:
 
 * **distance**: the mean distance to the cell's ``NEIGHBORS`` nearest reference cells in the model's own
-  space (PCA for ``linear`` and ``xgboost``, the scANVI latent space for ``scanvi``), divided by that of
-  held-out reference cells. Finds a cell type the reference lacks within the reference's tissue.
+  space (PCA for ``linear`` and ``xgboost``, the scANVI latent space for ``scanvi``), divided by the value
+  that only 0.5% of held-out reference cells exceed. Finds a cell type the reference lacks within the
+  reference's tissue.
 * **composition**: the share of the cell's counts that falls in the model's genes, against the share the
-  reference's cells have in the genes the query measured: a cell of another tissue spends its counts on
-  genes the model does not use (a lung epithelial cell through a blood model), which a projection on the
-  model's genes alone cannot see. The score is ``log(share ratio) / log(the reference's 0.5% quantile)``
-  (only a lower share counts). It needs the cell's total count over all its genes: the runner passes it
-  (``params['cell_totals']``); a DataFrame's total is taken over all its columns, so a DataFrame holding
-  the model's genes alone gets no composition score.
+  reference cells of its (probable) class have in the genes the query measured. A cell of another tissue
+  spends its counts on genes the model does not use (a lung epithelial cell through a blood model), which
+  a projection on the model's genes alone cannot see. Technical genes (``TECHNICAL``: mitochondrial,
+  ribosomal, MALAT1, NEAT1, haemoglobin), whose share varies between protocols, are left out of both
+  sides. The score is ``log(ratio) / log(floor)`` (only a lower share counts), the floor being the lower of
+  the 0.5% quantile of held-out reference cells and ``COMPOSITION_BOUND``: within one study the share
+  varies by a few percent, across studies by much more for the same cell type (measured: immune cells of
+  other studies at 0.72-1.67 of it, non-immune lung cells at 0.39-0.54; docs/design.md).
 
-Both scales are fitted at build time on reference cells held out of what the score compares them with
-(:func:`calibrate`) and stored with the model's weights; no reference expression is stored.
+The composition needs each cell's total count over the query's genes (but the technical ones): the
+runner passes it (``params['cell_totals']``, leaving out the genes the model names in its metadata
+``cell_totals_exclude``); a DataFrame's total is taken over all its gene columns. Both scales and the
+per-class shares are fitted at build time on reference cells held out of what the score compares them
+with (:func:`held_out_scales`) and stored with the model's weights; no reference expression is stored.
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 
 NEIGHBORS = 10  # reference cells a query cell's distance is averaged over
 QUANTILE = 0.995  # of held-out reference cells, at which each ratio is 1.0
-CELL_TOTALS = "cell_totals"  # params entry: each cell's total count over all the genes of the query
+COMPOSITION_BOUND = 0.6  # a cell with less than this share of its class's is novel, whatever the reference's spread
+CELL_TOTALS = "cell_totals"  # params entry: each cell's total count over the query's genes but TECHNICAL ones
+# genes left out of the composition (human and mouse symbols): mitochondrial, ribosomal, MALAT1, NEAT1, haemoglobin
+TECHNICAL = r"(?i)^(?:MT-|MTRNR2L|RP[SL]\d|RP[SL]P\d|MALAT1$|NEAT1$|HB[ABDGEMQZ]\d?$)"
+
+
+def technical(genes) -> np.ndarray:
+    """A mask of the ``TECHNICAL`` genes among ``genes`` (symbols)."""
+    pattern = re.compile(TECHNICAL)
+    return np.array([bool(pattern.match(str(g))) for g in genes], dtype=bool)
 
 
 def gene_share(counts, total: np.ndarray) -> np.ndarray:
@@ -39,6 +54,13 @@ def gene_share(counts, total: np.ndarray) -> np.ndarray:
     return np.asarray(shares.mean(axis=0)).ravel()
 
 
+def class_gene_share(counts, total: np.ndarray, labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """(classes x genes) :func:`gene_share` of each class's reference cells (``total``: over the non-technical
+    genes); technical genes of ``counts`` should already be zero or left out by the caller."""
+    labels = np.asarray(labels)
+    return np.vstack([gene_share(counts[labels == c], np.asarray(total)[labels == c]) for c in classes])
+
+
 def mean_distance(index, latent: np.ndarray, exclude_self: bool = False) -> np.ndarray:
     """Mean distance of each cell to its ``NEIGHBORS`` nearest reference cells (``index``: a
     :class:`model_zoo.placement.NearestReference` of at least ``NEIGHBORS`` (+1 with ``exclude_self``))."""
@@ -47,55 +69,64 @@ def mean_distance(index, latent: np.ndarray, exclude_self: bool = False) -> np.n
     return distances[:, start : start + NEIGHBORS].mean(axis=1).astype(np.float64)
 
 
-def share_ratio(in_model: np.ndarray, totals: np.ndarray, expected_share: float) -> np.ndarray:
-    """Each cell's share of counts in the model's genes over the reference's (``expected_share``)."""
+def log_share_ratio(in_model: np.ndarray, totals: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """log of each cell's share of counts in the model's genes over the share expected of it."""
     share = np.asarray(in_model, dtype=np.float64) / np.maximum(np.asarray(totals, dtype=np.float64), 1.0)
-    return share / max(float(expected_share), 1e-12)
+    return np.log(np.maximum(share / np.maximum(np.asarray(expected, dtype=np.float64), 1e-12), 1e-9))
 
 
-def calibrate(held_distance: np.ndarray, held_share_ratio: np.ndarray) -> dict[str, float]:
-    """The two scales from held-out reference cells: ``novelty_distance_scale`` (the distance's
-    ``QUANTILE``) and ``novelty_share_floor`` (log of the share ratio's 1 - ``QUANTILE`` quantile, < 0)."""
-    floor = float(np.quantile(np.log(np.maximum(held_share_ratio, 1e-9)), 1.0 - QUANTILE))
+def calibrate(held_distance: np.ndarray, held_log_ratio: np.ndarray) -> dict[str, float]:
+    """The two scales from held-out reference cells: ``novelty_distance_scale`` (the distance's ``QUANTILE``)
+    and ``novelty_share_floor`` (the lower of the log share ratio's 1 - ``QUANTILE`` quantile and
+    log(``COMPOSITION_BOUND``))."""
+    floor = float(np.quantile(held_log_ratio, 1.0 - QUANTILE))
     return {
         "novelty_distance_scale": float(np.quantile(held_distance, QUANTILE)),
-        "novelty_share_floor": min(floor, -1e-3),
+        "novelty_share_floor": min(floor, float(np.log(COMPOSITION_BOUND))),
     }
 
 
-def score(distance: np.ndarray, ratio: np.ndarray | None, distance_scale: float, share_floor: float) -> np.ndarray:
-    """The novelty score (see the module docstring); NaN for a model built without the scales."""
-    if not np.isfinite(distance_scale):
-        return np.full(len(distance), np.nan)
-    out = np.asarray(distance, dtype=np.float64) / max(distance_scale, 1e-12)
-    if ratio is not None and np.isfinite(share_floor):
-        out = np.maximum(out, np.log(np.maximum(ratio, 1e-9)) / share_floor)
-    return out
-
-
 def held_out_scales(
-    index, held_latent: np.ndarray, in_model: np.ndarray, totals: np.ndarray, expected_share: float, in_index: bool
+    index,
+    held_latent: np.ndarray,
+    held_counts,
+    held_totals: np.ndarray,
+    held_labels: np.ndarray,
+    classes: np.ndarray,
+    class_share: np.ndarray,
+    in_index: bool,
 ) -> dict[str, float]:
     """:func:`calibrate` on held-out reference cells: their latent coordinates, their counts in the model's
-    genes and in all genes; ``in_index``: the cells are among the ``index``'s own (a cell is not its own
-    neighbour: the search skips it)."""
+    genes (technical ones zeroed), their totals over the non-technical genes and their labels; ``in_index``:
+    the cells are among the ``index``'s own (a cell is not its own neighbour: the search skips it)."""
     distance = mean_distance(index, held_latent, exclude_self=in_index)
-    return calibrate(distance, share_ratio(in_model, totals, expected_share))
+    expected = class_share.sum(axis=1)[np.searchsorted(classes, held_labels)]
+    in_model = np.asarray(held_counts.sum(axis=1)).ravel()
+    return calibrate(distance, log_share_ratio(in_model, held_totals, expected))
 
 
 def query_score(
-    distances: np.ndarray, counts, totals: np.ndarray | None, gene_share: np.ndarray, present: np.ndarray, weights
+    distances: np.ndarray,
+    counts,
+    totals: np.ndarray | None,
+    probabilities: np.ndarray,
+    present: np.ndarray,
+    technical_genes: np.ndarray,
+    weights,
 ) -> np.ndarray:
     """The novelty score of query cells from their ascending distances to the nearest reference cells, their
-    counts in model gene order, their totals over all genes (or None) and the model's per-gene share of
-    reference counts; ``weights`` carries the two scales (NaN in a model built before they existed)."""
-    ratio = None
+    counts in model gene order, their totals over the non-technical genes (or None: no composition), their
+    class probabilities and the mask of the model's :func:`technical` genes; ``weights`` carries the scales and ``class_gene_share``
+    (a model built before them: NaN)."""
+    share = getattr(weights, "class_gene_share", None)
+    distance_scale = float(getattr(weights, "novelty_distance_scale", np.nan))
+    if share is None or not np.isfinite(distance_scale):
+        return np.full(len(distances), np.nan)
+    out = distances[:, :NEIGHBORS].mean(axis=1) / max(distance_scale, 1e-12)
     if totals is not None:
-        in_model = np.asarray(counts.sum(axis=1)).ravel()
-        ratio = share_ratio(in_model, totals, float(np.asarray(gene_share)[present].sum()))
-    return score(
-        distances[:, :NEIGHBORS].mean(axis=1),
-        ratio,
-        float(getattr(weights, "novelty_distance_scale", np.nan)),
-        float(getattr(weights, "novelty_share_floor", np.nan)),
-    )
+        used = present & ~technical_genes
+        in_model = np.asarray(counts[:, used].sum(axis=1)).ravel()
+        expected = probabilities @ np.asarray(share)[:, used].sum(axis=1)
+        ratio = log_share_ratio(in_model, totals, expected)
+        out = np.maximum(out, ratio / float(weights.novelty_share_floor))
+    return out

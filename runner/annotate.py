@@ -278,22 +278,25 @@ def _predict(query, checked: CheckedQuery, info, params, run: RunOptions):
     environment: dict = {"manager": manager}
     model = load_pyfunc(info) if manager == "local" else None
     per_block = model is not None and not info.maps_whole_query
-    outputs, totals, in_model = [], [], []
+    outputs, totals, in_model, kept_totals = [], [], [], []
     n_blocks = -(-query.n_obs // batch_size)
-    blocks = _aligned_blocks(query, checked, batch_size)
+    pattern = info.metadata.get(keys.CELL_TOTALS_EXCLUDE)  # the genes the model's novelty totals leave out
+    excluded = checked.alignment.matching(pattern) if pattern else None
+    blocks = _aligned_blocks(query, checked, batch_size, excluded)
     with model_threads():
-        for total, total_in_model, aligned in tqdm(
+        for total, total_in_model, kept, aligned in tqdm(
             blocks, total=n_blocks, desc="annotate", unit="batch", disable=n_blocks < 2
         ):
             totals.append(total)
             in_model.append(total_in_model)
-            outputs.append(predict_batch(model, aligned, _with_totals(params, total)) if per_block else aligned)
+            kept_totals.append(kept)
+            outputs.append(predict_batch(model, aligned, _with_totals(params, kept)) if per_block else aligned)
     cells = check_cells(np.concatenate(totals), np.concatenate(in_model), query.obs_names)
     for line in cells.warnings() + checked.genes.warnings:
         logger.warning(line)
     if per_block:
         return pd.concat(outputs, ignore_index=True), cells, environment
-    counts, cell_totals = sp.vstack(outputs, format="csr"), np.concatenate(totals)
+    counts, cell_totals = sp.vstack(outputs, format="csr"), np.concatenate(kept_totals)
     if model is not None:  # the whole query in one call
         with model_threads():
             return predict_batch(model, counts, _with_totals(params, cell_totals)), cells, environment
@@ -304,24 +307,28 @@ def _predict(query, checked: CheckedQuery, info, params, run: RunOptions):
 
 
 def _with_totals(params: dict | None, totals: np.ndarray) -> dict:
-    """``params`` with each cell's total count over all the query's genes (the model's novelty score)."""
+    """``params`` with each cell's total count over the query's genes but the model's technical ones (the
+    model's novelty score)."""
     return (params or {}) | {keys.CELL_TOTALS: totals}
 
 
 def _aligned_blocks(
-    query, checked: CheckedQuery, batch_size: int
-) -> Iterator[tuple[np.ndarray, np.ndarray, sp.csr_matrix]]:
+    query, checked: CheckedQuery, batch_size: int, excluded: np.ndarray | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, sp.csr_matrix]]:
     """Each block of cells read, checked for counts and aligned to the model's genes: (each cell's total count,
-    its total over the model's genes, the aligned counts); the first block is ``checked.first``. The
-    next block is prepared in a second thread while the model runs on this one."""
+    its total over the model's genes, its total without the ``excluded`` query genes (the technical genes the
+    model's novelty score leaves out; a 0/1 vector), the aligned counts); the first block is
+    ``checked.first``. The next block is prepared in a second thread while the model runs on this one."""
 
-    def prepare(start: int) -> tuple[np.ndarray, np.ndarray, sp.csr_matrix]:
+    def prepare(start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, sp.csr_matrix]:
         if start == 0:
             counts, aligned = checked.first, checked.aligned
         else:
             counts = checked_counts(query.rows(start, start + batch_size), query.source, query.others)
             aligned = checked.alignment.apply(counts)
-        return row_sums(counts), row_sums(aligned), aligned
+        total = row_sums(counts)
+        kept = total - counts @ excluded if excluded is not None else total
+        return total, row_sums(aligned), np.asarray(kept, dtype=np.float64), aligned
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(prepare, 0)

@@ -146,6 +146,16 @@ class Alignment:
     source: str  # where the query's gene names came from, and any translation
     n_duplicates: int  # query genes that were summed into a model gene another query gene also maps to
     n_before: int = 0  # model genes matched by the query's names as given, before any mapping
+    names: pd.Index | None = None  # each query gene's name in the model's id type ('' when unknown)
+
+    def matching(self, pattern: str) -> np.ndarray:
+        """1.0 for each query gene whose name (as a symbol: Ensembl ids are looked up) matches ``pattern``, else 0.0
+        (``counts @ matching`` is each cell's count in those genes)."""
+        names = self.names if self.names is not None else pd.Index([])
+        if id_type(names) == ENSEMBL:
+            species = MOUSE if any(str(n).startswith("ENSMUSG") for n in names[:100]) else HUMAN
+            names = translate(names, SYMBOL, species)
+        return np.asarray(names.astype(str).str.contains(pattern, regex=True), dtype=np.float64)
 
     @property
     def n_present(self) -> int:
@@ -300,7 +310,12 @@ def align_genes(
             ", ".join(examples),
         )
     return Alignment(
-        matrix=matrix, present=per_model_gene > 0, source=source, n_duplicates=n_duplicates, n_before=n_before
+        matrix=matrix,
+        present=per_model_gene > 0,
+        source=source,
+        n_duplicates=n_duplicates,
+        n_before=n_before,
+        names=pd.Index(names).astype(str),
     )
 
 

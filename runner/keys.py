@@ -27,7 +27,8 @@ LEVEL_PREFIX = "level:"  # level:<level> and level:<level>:ontology_term_id
 NO_SIGNAL = "no_signal"
 # params entries of a predict call
 GENES_PRESENT = "genes_present"  # the model genes the query has
-CELL_TOTALS = "cell_totals"  # each cell's total count over all the query's genes (the novelty score)
+CELL_TOTALS = "cell_totals"  # each cell's total count over the query's genes but the technical ones (novelty)
+CELL_TOTALS_EXCLUDE = "cell_totals_exclude"  # model metadata: the regex of the genes those totals leave out
 UNASSIGNED_THRESHOLD = "unassigned_threshold"
 NOVELTY_THRESHOLD = "novelty_threshold"
 BACKOFF = "backoff"

@@ -41,6 +41,7 @@ class LinearWeights:
     reference_umap: np.ndarray  # (N, 2) UMAP coordinates of the reference cells
     novelty_distance_scale: float = np.nan  # model_zoo.novelty (NaN: a model built before it)
     novelty_share_floor: float = np.nan
+    class_gene_share: np.ndarray | None = None  # (K, G) model_zoo.novelty.class_gene_share
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {
@@ -57,7 +58,7 @@ class LinearWeights:
             "reference_umap": self.reference_umap.astype(np.float32),
             "novelty_distance_scale": np.float32(self.novelty_distance_scale),
             "novelty_share_floor": np.float32(self.novelty_share_floor),
-        }
+        } | ({} if self.class_gene_share is None else {"class_gene_share": self.class_gene_share.astype(np.float32)})
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> LinearWeights:
@@ -75,6 +76,7 @@ class LinearWeights:
             reference_umap=np.asarray(arrays["reference_umap"], dtype=np.float64),
             novelty_distance_scale=float(arrays.get("novelty_distance_scale", np.nan)),
             novelty_share_floor=float(arrays.get("novelty_share_floor", np.nan)),
+            class_gene_share=arrays.get("class_gene_share"),
         )
 
 

@@ -76,14 +76,23 @@ def select_features(counts: sp.csr_matrix, labels: np.ndarray, train_idx: np.nda
     )
 
 
-def novelty_scales(counts: sp.csr_matrix, features: Features, latent: np.ndarray, held: np.ndarray) -> dict:
-    """The novelty score's scales (:func:`model_zoo.novelty.calibrate`) on the held-out reference cells
-    ``held``: their distance to the other reference cells, and their share of counts in the model's genes."""
+def novelty_scales(
+    counts: sp.csr_matrix, genes: np.ndarray, features: Features, latent: np.ndarray, labels: np.ndarray, held: np.ndarray
+) -> dict:
+    """The novelty score's per-class gene shares and scales (:mod:`model_zoo.novelty`): the shares over the
+    training cells (``held`` left out), the scales on the ``held`` reference cells (their distance to the other
+    reference cells, their share of counts in the model's genes)."""
+    classes = np.unique(labels)
+    kept_genes = ~novelty.technical(genes)
+    totals = np.asarray(counts[:, kept_genes].sum(axis=1)).ravel()
+    model_counts = counts[:, features.selected] @ sp.diags(kept_genes[features.selected].astype(np.float64))
+    train = np.setdiff1d(np.arange(len(labels)), held)
+    share = novelty.class_gene_share(model_counts[train], totals[train], labels[train], classes)
     index = NearestReference(latent, novelty.NEIGHBORS + 1)
-    in_model = np.asarray(counts[held][:, features.selected].sum(axis=1)).ravel()
-    totals = np.asarray(counts[held].sum(axis=1)).ravel()
-    expected = float(features.count_share.sum())
-    return novelty.held_out_scales(index, latent[held], in_model, totals, expected, in_index=True)
+    scales = novelty.held_out_scales(
+        index, latent[held], model_counts[held], totals[held], labels[held], classes, share, in_index=True
+    )
+    return {"class_gene_share": share, **scales}
 
 
 def fit_embedding(features: Features, params: dict) -> dict:
@@ -174,7 +183,8 @@ def train(
     classes = model.classes_.astype(str)
     temperature, calibration = calibrate(x @ model.coef_.T + model.intercept_, labels, classes, calib_idx, test_idx)
     space = fit_embedding(features, params)
-    scales = novelty_scales(counts, features, space["reference_latent"], np.concatenate([calib_idx, test_idx]))
+    held = np.concatenate([calib_idx, test_idx])
+    scales = novelty_scales(counts, genes, features, space["reference_latent"], labels, held)
     weights = compute.LinearWeights(
         genes=np.asarray(genes)[features.selected].astype(str),
         classes=classes,
@@ -188,7 +198,7 @@ def train(
         "params": params,
         **split_sizes(train_idx, calib_idx, test_idx, features),
         **calibration,
-        "novelty": {k: round(v, 4) for k, v in scales.items()},
+        "novelty": {k: round(v, 4) for k, v in scales.items() if k != "class_gene_share"},
         "training_seconds": round(time.perf_counter() - start, 1),
     }
     return weights, report

@@ -43,10 +43,13 @@ class XGBoostWeights:
     reference_umap: np.ndarray  # (N, 2) UMAP coordinates of the reference cells
     novelty_distance_scale: float = np.nan  # model_zoo.novelty (NaN: a model built before it)
     novelty_share_floor: float = np.nan
+    class_gene_share: np.ndarray | None = None  # (K, G) model_zoo.novelty.class_gene_share
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         out = {}
         for field in dataclasses.fields(self):
+            if getattr(self, field.name) is None:
+                continue
             value = np.asarray(getattr(self, field.name))
             out[field.name] = value.astype(str) if value.dtype.kind in "OU" else value.astype(np.float32)
         return out
@@ -55,7 +58,9 @@ class XGBoostWeights:
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> XGBoostWeights:
         values = {}
         for field in dataclasses.fields(cls):
-            value = np.asarray(arrays.get(field.name, field.default))
+            if field.name not in arrays:
+                continue  # a model built before the field: its default
+            value = np.asarray(arrays[field.name])
             if value.dtype.kind == "U":
                 values[field.name] = value.astype(str)
             elif value.ndim == 0:

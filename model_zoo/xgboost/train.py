@@ -72,7 +72,8 @@ def train(
     temperature, calibration = linear_train.calibrate(
         compute.margins(booster, latent), labels, classes, calib_idx, test_idx
     )
-    scales = linear_train.novelty_scales(counts, features, latent, np.concatenate([calib_idx, test_idx]))
+    held = np.concatenate([calib_idx, test_idx])
+    scales = linear_train.novelty_scales(counts, genes, features, latent, labels, held)
     weights = compute.XGBoostWeights(
         genes=np.asarray(genes)[features.selected].astype(str),
         classes=classes,
@@ -85,7 +86,7 @@ def train(
         **linear_train.split_sizes(train_idx, calib_idx, test_idx, features),
         "boosting_rounds": booster.num_boosted_rounds(),
         **calibration,
-        "novelty": {k: round(v, 4) for k, v in scales.items()},
+        "novelty": {k: round(v, 4) for k, v in scales.items() if k != "class_gene_share"},
         "training_seconds": round(time.perf_counter() - start, 1),
     }
     return compute.XGBoostModel(weights, booster), report
