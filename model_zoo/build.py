@@ -425,11 +425,26 @@ def build(
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{target.name}.") as tmp:
         staging = Path(tmp) / target.name
         pyfunc.save_model(staging, trained, metadata["labels"], metadata)
+        save_reference_summary(staging, trained, counts, genes, labels)
         metadata["metrics"] |= _evaluate(staging, trained.genes, references, recipe, timing_cells)
         _rewrite_metadata(staging, metadata)
         (staging / "README.md").write_text(render_card(metadata))
         staging.rename(target)  # the model directory appears whole or not at all
     return target
+
+
+def save_reference_summary(model_dir: Path, trained, counts: sp.csr_matrix, genes: np.ndarray, labels) -> None:
+    """Store the reference backdrop (its cells' map coordinates and classes) and each class's marker genes
+    over the model's genes (:func:`model_zoo.markers.marker_genes`) in the saved model at ``model_dir``."""
+    from model_zoo.markers import marker_genes
+    from model_zoo.pyfunc_io import save_reference_summary as save
+
+    weights = getattr(trained, "weights", trained)  # a family's Trained, or the weights themselves
+    in_model = pd.Index(genes).get_indexer(trained.genes)
+    totals = np.asarray(counts.sum(axis=1)).ravel()
+    markers = marker_genes(counts[:, in_model], totals, np.asarray(trained.genes), labels)
+    backdrop = np.asarray(weights.classes)[np.asarray(weights.reference_label, dtype=np.intp)]
+    save(model_dir, weights.reference_umap, backdrop, markers)
 
 
 def _counts_note(ref: dict) -> str:

@@ -280,7 +280,7 @@ def _predict(query, checked: CheckedQuery, info, params, run: RunOptions):
     per_block = model is not None and not info.maps_whole_query
     outputs, totals, in_model = [], [], []
     n_blocks = -(-query.n_obs // batch_size)
-    blocks = _aligned_blocks(query, checked, batch_size)
+    blocks = aligned_blocks(query, checked, batch_size)
     with model_threads():
         for total, total_in_model, aligned in tqdm(
             blocks, total=n_blocks, desc="annotate", unit="batch", disable=n_blocks < 2
@@ -308,7 +308,7 @@ def _with_totals(params: dict | None, totals: np.ndarray) -> dict:
     return (params or {}) | {keys.CELL_TOTALS: totals}
 
 
-def _aligned_blocks(
+def aligned_blocks(
     query, checked: CheckedQuery, batch_size: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray, sp.csr_matrix]]:
     """Each block of cells read, checked for counts and aligned to the model's genes: (each cell's total count,

@@ -15,11 +15,13 @@ Probabilities are calibrated by temperature scaling on a held-out part of the re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
+
+from model_zoo.placement import no_reference_labels
 
 TARGET_SUM = 1e4  # counts per cell after normalisation (CP10k), as CellTypist and scanpy use
 
@@ -41,6 +43,7 @@ class LinearWeights:
     reference_umap: np.ndarray  # (N, 2) UMAP coordinates of the reference cells
     novelty_distance_scale: float = np.nan  # model_zoo.novelty (NaN: a model built before it)
     novelty_share_floor: float = np.nan
+    reference_label: np.ndarray = field(default_factory=no_reference_labels)  # (N,) class per reference cell
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {
@@ -57,6 +60,7 @@ class LinearWeights:
             "reference_umap": self.reference_umap.astype(np.float32),
             "novelty_distance_scale": np.float32(self.novelty_distance_scale),
             "novelty_share_floor": np.float32(self.novelty_share_floor),
+            "reference_label": np.asarray(self.reference_label, dtype=np.int32),
         }
 
     @classmethod
@@ -75,6 +79,7 @@ class LinearWeights:
             reference_umap=np.asarray(arrays["reference_umap"], dtype=np.float64),
             novelty_distance_scale=float(arrays.get("novelty_distance_scale", np.nan)),
             novelty_share_floor=float(arrays.get("novelty_share_floor", np.nan)),
+            reference_label=np.asarray(arrays.get("reference_label", np.zeros(0)), dtype=np.int32),
         )
 
 
@@ -187,10 +192,10 @@ def embed(counts: sp.csr_matrix, present: np.ndarray, space: PcaSpace) -> tuple[
 
 def predict_arrays(counts: sp.csr_matrix, present: np.ndarray, weights: LinearWeights, placement):
     """Probabilities (n x K), PCA embedding (n x P), UMAP (n x 2, by ``placement``, a
-    :class:`model_zoo.placement.UmapPlacement`) and the distances to the nearest reference cells (n x k,
-    ascending) for raw counts in model gene order."""
+    :class:`model_zoo.placement.UmapPlacement`, beside reference cells of the most probable class) and the
+    distances to the nearest reference cells (n x k, ascending) for raw counts in model gene order."""
     log_expr, latent = embed(counts, present, weights)
     full = impute_missing(log_expr, latent, present, weights)
     logits = (full @ weights.coef.T.astype(full.dtype)).astype(np.float64) + weights.intercept
     probs = softmax(logits / weights.temperature)
-    return probs, latent, *placement.place(latent)
+    return probs, latent, *placement.place(latent, probs.argmax(axis=1))

@@ -183,6 +183,7 @@ def train(
         temperature=temperature,
         **space,
         **scales,
+        reference_label=np.searchsorted(classes, labels),
     )
     report = {
         "params": params,

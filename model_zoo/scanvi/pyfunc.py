@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 
 from model_zoo import contract, novelty
-from model_zoo.placement import UMAP_NEIGHBORS, NearestReference, place_on_umap
+from model_zoo.placement import UMAP_NEIGHBORS, UmapPlacement
 from model_zoo.pyfunc_io import load_arrays, load_hierarchy, load_ontology_ids, save_family_model
 from model_zoo.scanvi import compute, scvi_model
 
@@ -34,7 +34,9 @@ class ScanviAnnotator(mlflow.pyfunc.PythonModel):
         # one search serves both: the label transfer's k nearest and the UMAP placement's 15 nearest are the
         # first columns of the same ascending neighbours
         k = max(self.weights.n_neighbors, UMAP_NEIGHBORS, novelty.NEIGHBORS)
-        self.index = NearestReference(self.weights.reference_latent, k)
+        self.index = UmapPlacement(
+            self.weights.reference_latent, self.weights.reference_umap, self.weights.reference_label, k
+        )
 
     def predict(self, context, model_input, params: dict | None = None):
         params = params or {}
@@ -53,7 +55,7 @@ class ScanviAnnotator(mlflow.pyfunc.PythonModel):
         probs = compute.transfer_labels(
             distances[:, :k], neighbours[:, :k], self.weights.reference_label, len(self.weights.classes)
         )
-        umap = place_on_umap(self.weights.reference_umap, distances[:, :UMAP_NEIGHBORS], neighbours[:, :UMAP_NEIGHBORS])
+        umap = self.index.position(latent, distances, neighbours, probs.argmax(axis=1))
         share = self.weights.gene_share
         score = (
             novelty.query_score(distances, counts, totals, share, present, self.weights) if share is not None else None

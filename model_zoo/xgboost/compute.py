@@ -20,6 +20,7 @@ import scipy.sparse as sp
 import xgboost as xgb
 
 from model_zoo.linear import compute as linear
+from model_zoo.placement import no_reference_labels
 from model_zoo.pyfunc_io import Trained
 
 OBJECTIVE = "multi:softprob"
@@ -43,6 +44,7 @@ class XGBoostWeights:
     reference_umap: np.ndarray  # (N, 2) UMAP coordinates of the reference cells
     novelty_distance_scale: float = np.nan  # model_zoo.novelty (NaN: a model built before it)
     novelty_share_floor: float = np.nan
+    reference_label: np.ndarray = dataclasses.field(default_factory=no_reference_labels)  # (N,) class per cell
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         out = {}
@@ -55,6 +57,8 @@ class XGBoostWeights:
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> XGBoostWeights:
         values = {}
         for field in dataclasses.fields(cls):
+            if field.name not in arrays and field.default is dataclasses.MISSING:
+                continue  # a field with a default factory (reference_label), absent from an older model
             value = np.asarray(arrays.get(field.name, field.default))
             if value.dtype.kind == "U":
                 values[field.name] = value.astype(str)
@@ -128,4 +132,4 @@ def predict_arrays(
     ascending) for raw counts in model gene order."""
     _, latent = linear.embed(counts, present, weights)
     probs = linear.softmax(margins(booster, latent) / weights.temperature)
-    return probs, latent, *placement.place(latent)
+    return probs, latent, *placement.place(latent, probs.argmax(axis=1))

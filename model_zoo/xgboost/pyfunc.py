@@ -31,7 +31,9 @@ class XGBoostAnnotator(mlflow.pyfunc.PythonModel):
         self.booster = xgb.Booster(model_file=context.artifacts[BOOSTER])
         self.ontology_ids = load_ontology_ids(context)
         self.hierarchy = load_hierarchy(context)
-        self.placement = UmapPlacement(self.weights.reference_latent, self.weights.reference_umap)
+        self.placement = UmapPlacement(
+            self.weights.reference_latent, self.weights.reference_umap, self.weights.reference_label
+        )
 
     def predict(self, context, model_input, params: dict | None = None):
         counts, present, totals = contract.as_model_matrix(model_input, self.weights.genes, params)
