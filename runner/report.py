@@ -32,6 +32,7 @@ MARKERS = "artifacts/markers.json"
 WEIGHTS = "artifacts/weights.npz"  # every family's weights hold ``reference_umap``
 MAX_POINTS = 200_000  # query cells drawn on a map (a random sample beyond; every cell is counted)
 GREY, UNASSIGNED_COLOUR = "#d9d9d9", "#7f7f7f"
+FIGURES = ("map_labels", "map_scores", "levels", "uncertainty", "dotplot")  # figures/NAME.png and .svg
 
 
 @dataclass
@@ -236,7 +237,7 @@ def map_figures(figures: Figures, umap: np.ndarray, obs: pd.DataFrame, result: R
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     scores = [(result.uncertainty, "uncertainty (0 = certain)", "viridis", (0, 1))]
     if result.novelty in obs and np.isfinite(obs[result.novelty]).any():
-        scores.append((result.novelty, "novelty (above 1: unlike the reference)", "magma", (0, 2)))
+        scores.append((result.novelty, "novelty (above 1: unlike the reference)", "plasma", (0, 2)))
     for ax, (column, title, cmap, (low, high)) in zip(axes, scores, strict=False):
         _backdrop(ax, parts)
         values = obs[column].to_numpy(dtype=float)[shown]
