@@ -39,7 +39,7 @@ import pandas as pd
 import scipy.sparse as sp
 import yaml
 
-from model_zoo import contract
+from model_zoo import contract, novelty
 from model_zoo.card import render_card
 from model_zoo.metrics import expected_calibration_error, ontology_match
 
@@ -55,8 +55,10 @@ TIMING_CELLS = 10_000  # annotation time reported in the card: per this many cel
 
 NOVELTY_NOTE = (
     "how unlike the reference a cell is: the larger of its distance to its nearest reference cells in the model's "
-    "space and the shortfall of its counts in the model's genes, each divided by the value that 0.5% of held-out "
-    "reference cells exceed; above the runner's --novelty-threshold (1.0) a cell is 'Unassigned' (model_zoo.novelty)"
+    "space (divided by the value that 0.5% of held-out reference cells exceed) and the shortfall of the share of "
+    "its counts in the model's genes against its class's reference cells (technical genes left out; 1.0 at the "
+    "lower of the held-out 0.5% quantile and 0.6 of the share); above the runner's --novelty-threshold (1.0) a "
+    "cell is 'Unassigned' (model_zoo.novelty)"
 )
 
 
@@ -401,6 +403,7 @@ def build(
         "input": "raw counts (non-negative integers), cells x model genes, in the order of genes.txt",
         "uncertainty": family.UNCERTAINTY,
         "novelty": NOVELTY_NOTE,
+        "cell_totals_exclude": novelty.TECHNICAL,  # the genes the runner leaves out of params['cell_totals']
         "query_mapping": getattr(family, "QUERY_MAPPING", "per_cell"),
         "stores": family.STORES,
         "training_reference": {
@@ -425,11 +428,26 @@ def build(
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{target.name}.") as tmp:
         staging = Path(tmp) / target.name
         pyfunc.save_model(staging, trained, metadata["labels"], metadata)
+        save_reference_summary(staging, trained, counts, genes, labels)
         metadata["metrics"] |= _evaluate(staging, trained.genes, references, recipe, timing_cells)
         _rewrite_metadata(staging, metadata)
         (staging / "README.md").write_text(render_card(metadata))
         staging.rename(target)  # the model directory appears whole or not at all
     return target
+
+
+def save_reference_summary(model_dir: Path, trained, counts: sp.csr_matrix, genes: np.ndarray, labels) -> None:
+    """Store the reference backdrop (its cells' map coordinates and classes) and each class's marker genes
+    over the model's genes (:func:`model_zoo.markers.marker_genes`) in the saved model at ``model_dir``."""
+    from model_zoo.markers import marker_genes
+    from model_zoo.pyfunc_io import save_reference_summary as save
+
+    weights = getattr(trained, "weights", trained)  # a family's Trained, or the weights themselves
+    in_model = pd.Index(genes).get_indexer(trained.genes)
+    totals = np.asarray(counts.sum(axis=1)).ravel()
+    markers = marker_genes(counts[:, in_model], totals, np.asarray(trained.genes), labels)
+    backdrop = np.asarray(weights.classes)[np.asarray(weights.reference_label, dtype=np.intp)]
+    save(model_dir, weights.reference_umap, backdrop, markers)
 
 
 def _counts_note(ref: dict) -> str:

@@ -54,7 +54,9 @@ def as_model_matrix(
         present = np.isin(genes, columns)
         frame = model_input.reindex(columns=genes, fill_value=0)
         matrix = sp.csr_matrix(frame.to_numpy(dtype=np.float64))
-        totals = model_input.select_dtypes("number").sum(axis=1).to_numpy(dtype=np.float64)
+        numbers = model_input.select_dtypes("number")
+        kept = ~novelty.technical(numbers.columns)  # the novelty's totals leave the technical genes out
+        totals = numbers.loc[:, kept].sum(axis=1).to_numpy(dtype=np.float64)
     else:
         matrix = sp.csr_matrix(model_input, dtype=np.float64)
         if matrix.shape[1] != len(genes):

@@ -116,8 +116,8 @@ def query_score(
 ) -> np.ndarray:
     """The novelty score of query cells from their ascending distances to the nearest reference cells, their
     counts in model gene order, their totals over the non-technical genes (or None: no composition), their
-    class probabilities and the mask of the model's :func:`technical` genes; ``weights`` carries the scales and ``class_gene_share``
-    (a model built before them: NaN)."""
+    class probabilities and the mask of the model's :func:`technical` genes; ``weights`` carries the scales
+    and ``class_gene_share`` (a model built before them: NaN)."""
     share = getattr(weights, "class_gene_share", None)
     distance_scale = float(getattr(weights, "novelty_distance_scale", np.nan))
     if share is None or not np.isfinite(distance_scale):

@@ -1,7 +1,10 @@
 """Query cells placed on the reference UMAP, and the exact k-nearest reference cells it rests on.
 
-A query cell's UMAP position is the inverse-distance-weighted mean of the UMAP positions of its k
-nearest reference cells in the model's embedding, as scanpy's ``ingest`` places cells. The search is
+A query cell is placed beside the reference cells of its predicted label among its k nearest reference
+cells in the model's embedding (:class:`LabelledPlacement`); a model built without its reference cells'
+labels places it at their inverse-distance-weighted mean UMAP position, as scanpy's ``ingest`` does
+(:func:`place_on_umap`), which puts a cell whose neighbours span two clusters in the empty space between
+them (docs/benchmarks/placement.md measures both). The search is
 exact and plain numpy, so a model needs no scikit-learn at prediction (importing
 ``sklearn.neighbors`` took 0.6 s of every run).
 
@@ -20,6 +23,11 @@ import numpy as np
 UMAP_NEIGHBORS = 15  # reference cells a query cell's UMAP position is the weighted mean of (every family)
 BLOCK = 16  # reference cells per block (8-32 measured alike; 16 the fastest)
 CHUNK = 1000  # query cells per distance matrix (1000 x 2150 float32: 9 MB, within the cache)
+
+
+def no_reference_labels() -> np.ndarray:
+    """The reference cells' labels of a model built before it stored them: none."""
+    return np.zeros(0, dtype=np.int32)
 
 
 class NearestReference:
@@ -69,25 +77,137 @@ class NearestReference:
 
 def place_on_umap(reference_umap: np.ndarray, distances: np.ndarray, indices: np.ndarray) -> np.ndarray:
     """UMAP coordinates (n x 2) of query cells: the inverse-distance-weighted mean of the UMAP positions of
-    their nearest reference cells (``distances`` and ``indices`` as :meth:`NearestReference.neighbours` gives)."""
+    their nearest reference cells (``distances`` and ``indices`` as :meth:`NearestReference.neighbours` gives).
+
+    scanpy ``ingest``'s placement, and this module's for a model without reference labels: when the
+    neighbours span two clusters the cell lands in the empty space between them (docs/benchmarks/placement.md).
+    """
     weights = 1.0 / np.maximum(np.asarray(distances, dtype=np.float64), 1e-6)
     weights /= weights.sum(axis=1, keepdims=True)
     return np.einsum("nk,nkd->nd", weights, np.asarray(reference_umap, dtype=np.float64)[indices])
 
 
-class UmapPlacement(NearestReference):
-    """Query cells placed on the reference UMAP by their ``n_neighbors`` nearest reference cells (``__call__``)."""
+def map_spacing(reference_umap: np.ndarray) -> np.ndarray:
+    """Each reference cell's distance (N,) to its nearest other reference cell on the 2-D map."""
+    from scipy.spatial import cKDTree  # a 2-D tree: exact and fast in two dimensions (not in 50)
 
-    def __init__(self, reference_latent: np.ndarray, reference_umap: np.ndarray, n_neighbors: int = UMAP_NEIGHBORS):
+    points = np.asarray(reference_umap, dtype=np.float64)
+    if len(points) < 2:
+        return np.ones(len(points))
+    distances, _ = cKDTree(points).query(points, k=2)
+    return distances[:, 1]
+
+
+RADIUS = 0.5  # of the anchor's map spacing: within it, the anchor is the cell's nearest reference cell
+
+
+class LabelledPlacement:
+    """Query cells placed on the reference map beside reference cells of their own predicted label.
+
+    A cell's anchor is its nearest reference cell (in the model's space) among its ``k`` nearest that
+    carries the cell's predicted label, or, when none of them does, the nearest reference cell of that label
+    anywhere. The cell is placed at the inverse-distance-weighted mean of the map positions of its
+    neighbours of that label (``ingest``'s rule, restricted to the label), pulled back towards its anchor
+    to at most ``RADIUS`` times the anchor's own spacing on the map (the distance to its nearest other
+    reference cell). So a cell lies nearer its anchor than any other reference cell: on the map it sits
+    in its label's cluster, never in the empty space between clusters, and its offset keeps the local
+    order of the query cells (measured in docs/benchmarks/placement.md).
+    """
+
+    def __init__(
+        self,
+        reference_latent: np.ndarray,
+        reference_umap: np.ndarray,
+        reference_label: np.ndarray,
+        radius: float = RADIUS,
+    ):
+        self.latent = np.asarray(reference_latent, dtype=np.float32)
+        self.umap = np.asarray(reference_umap, dtype=np.float64)
+        self.label = np.asarray(reference_label, dtype=np.intp)
+        self.radius = radius * map_spacing(self.umap)  # inf: the same-label mean unbounded; 0: the anchor itself
+        self._by_label: dict[int, tuple[np.ndarray, NearestReference]] = {}
+
+    def _nearest_of_label(self, latent: np.ndarray, label: int) -> np.ndarray:
+        """Index of the nearest reference cell of ``label`` for each row of ``latent`` (-1: none exists)."""
+        if label not in self._by_label:
+            members = np.flatnonzero(self.label == label)
+            self._by_label[label] = (members, NearestReference(self.latent[members], 1) if len(members) else None)
+        members, index = self._by_label[label]
+        if index is None:
+            return np.full(len(latent), -1, dtype=np.intp)
+        return members[index.neighbours(latent)[1][:, 0]]
+
+    def __call__(self, latent: np.ndarray, distances: np.ndarray, indices: np.ndarray, labels: np.ndarray):
+        """Map coordinates (n x 2) of query cells with model coordinates ``latent``, their nearest reference
+        cells (``distances``, ``indices``) and their predicted labels (class indices, as the reference's)."""
+        labels = np.asarray(labels, dtype=np.intp)
+        same = self.label[indices] == labels[:, None]
+        weights = np.where(same, 1.0 / np.maximum(np.asarray(distances, dtype=np.float64), 1e-6), 0.0)
+        anchor = indices[np.arange(len(indices)), same.argmax(axis=1)]
+        lonely = np.flatnonzero(~same.any(axis=1))
+        for label in np.unique(labels[lonely]):
+            cells = lonely[labels[lonely] == label]
+            found = self._nearest_of_label(np.asarray(latent)[cells], int(label))
+            anchor[cells] = np.where(found >= 0, found, indices[cells, 0])
+            weights[cells] = 0.0
+        total = weights.sum(axis=1, keepdims=True)
+        mean = np.einsum("nk,nkd->nd", weights / np.maximum(total, 1e-300), self.umap[indices])
+        origin = self.umap[anchor]
+        offset = np.where(total > 0, mean - origin, 0.0)
+        length = np.linalg.norm(offset, axis=1)
+        shrink = np.minimum(1.0, self.radius[anchor] / np.maximum(length, 1e-12))
+        return origin + offset * shrink[:, None]
+
+
+class UmapPlacement(NearestReference):
+    """Query cells placed on the reference UMAP by their ``n_neighbors`` nearest reference cells (``place``):
+    beside reference cells of their predicted label (:class:`LabelledPlacement`) when the model knows its
+    reference cells' labels, else at their neighbours' weighted mean (:func:`place_on_umap`, models built before)."""
+
+    def __init__(
+        self,
+        reference_latent: np.ndarray,
+        reference_umap: np.ndarray,
+        reference_label: np.ndarray | None = None,
+        n_neighbors: int = UMAP_NEIGHBORS,
+    ):
         super().__init__(reference_latent, n_neighbors)
         self.umap = reference_umap
+        known = reference_label is not None and len(reference_label) == len(reference_umap)
+        self.by_label = LabelledPlacement(reference_latent, reference_umap, reference_label) if known else None
 
-    def __call__(self, latent: np.ndarray) -> np.ndarray:
-        """UMAP coordinates (n x 2) of query cells (:func:`place_on_umap`)."""
-        return self.place(latent)[0]
+    def __call__(self, latent: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        """UMAP coordinates (n x 2) of query cells (:meth:`place`)."""
+        return self.place(latent, labels)[0]
 
-    def place(self, latent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """UMAP coordinates (n x 2) of query cells and the distances (n x k, ascending) to the nearest
-        reference cells they rest on (which the novelty score reuses)."""
+    def place(self, latent: np.ndarray, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """UMAP coordinates (n x 2) of query cells with predicted class indices ``labels`` and the distances
+        (n x k, ascending) to the nearest reference cells they rest on (which the novelty score reuses)."""
         distances, indices = self.neighbours(latent)
-        return place_on_umap(self.umap, distances, indices), distances
+        return self.position(latent, distances, indices, labels), distances
+
+    def position(self, latent, distances: np.ndarray, indices: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+        """UMAP coordinates of cells whose nearest reference cells are already known."""
+        distances, indices = distances[:, :UMAP_NEIGHBORS], indices[:, :UMAP_NEIGHBORS]
+        if self.by_label is None or labels is None:
+            return place_on_umap(self.umap, distances, indices)
+        return self.by_label(latent, distances, indices, labels)
+
+
+def faithfulness(
+    reference_umap: np.ndarray, reference_label: np.ndarray, query_umap: np.ndarray, query_label: np.ndarray
+) -> dict[str, float]:
+    """How faithfully query cells sit on the reference map, two shares of the query's cells.
+
+    ``label_agreement``: whose nearest reference cell on the map carries the cell's predicted label.
+    ``in_void``: farther from every reference cell than 99% of reference cells are from their own nearest
+    neighbour (the 99th percentile of :func:`map_spacing`), that is, in the empty space of the map.
+    """
+    from scipy.spatial import cKDTree
+
+    distances, nearest = cKDTree(np.asarray(reference_umap, dtype=np.float64)).query(np.asarray(query_umap), k=1)
+    void = np.quantile(map_spacing(reference_umap), 0.99)
+    return {
+        "label_agreement": float(np.mean(np.asarray(reference_label)[nearest] == np.asarray(query_label))),
+        "in_void": float(np.mean(distances > void)),
+    }

@@ -15,6 +15,10 @@ from model_zoo import contract
 PACKAGE_DIR = Path(__file__).parent
 GENES_ARTIFACT = "genes.txt"
 HIERARCHY = "hierarchy"
+# what a report draws (runner/report.py reads them by these names): the reference cells' map coordinates and
+# labels (npz: ``umap`` N x 2 float32, ``label`` N strings) and each class's marker genes (model_zoo.markers)
+REFERENCE_MAP, REFERENCE_MAP_FILE = "reference_map", "reference_map.npz"
+MARKERS, MARKERS_FILE = "markers", "markers.json"
 
 
 @dataclass
@@ -114,3 +118,26 @@ def save_family_model(
             signature=params_signature(extra_params),
             metadata=metadata,
         )
+
+
+def save_reference_summary(model_dir: Path, reference_umap: np.ndarray, reference_labels: np.ndarray, markers: dict):
+    """Add the reference backdrop and the marker genes to a saved model directory, as artifacts of its pyfunc.
+
+    Writes ``artifacts/reference_map.npz`` (``umap``: the reference cells' map coordinates, float32; ``label``:
+    their classes) and ``artifacts/markers.json`` (:func:`model_zoo.markers.marker_genes`), and lists both in
+    the MLmodel's ``python_function`` artifacts. A few tens of KB for thousands of reference cells; no
+    expression is stored.
+    """
+    import yaml
+
+    artifacts = Path(model_dir) / "artifacts"
+    umap = np.asarray(reference_umap, dtype=np.float32)
+    labels = np.asarray(reference_labels).astype(str)
+    np.savez_compressed(artifacts / REFERENCE_MAP_FILE, umap=umap, label=labels)
+    (artifacts / MARKERS_FILE).write_text(json.dumps(markers, indent=1))
+    mlmodel = Path(model_dir) / "MLmodel"
+    doc = yaml.safe_load(mlmodel.read_text())
+    listed = doc["flavors"]["python_function"].setdefault("artifacts", {})
+    for name, file in ((REFERENCE_MAP, REFERENCE_MAP_FILE), (MARKERS, MARKERS_FILE)):
+        listed[name] = {"path": f"artifacts/{file}", "uri": file}
+    mlmodel.write_text(yaml.safe_dump(doc, sort_keys=False))

@@ -282,7 +282,7 @@ def _predict(query, checked: CheckedQuery, info, params, run: RunOptions):
     n_blocks = -(-query.n_obs // batch_size)
     pattern = info.metadata.get(keys.CELL_TOTALS_EXCLUDE)  # the genes the model's novelty totals leave out
     excluded = checked.alignment.matching(pattern) if pattern else None
-    blocks = _aligned_blocks(query, checked, batch_size, excluded)
+    blocks = aligned_blocks(query, checked, batch_size, excluded)
     with model_threads():
         for total, total_in_model, kept, aligned in tqdm(
             blocks, total=n_blocks, desc="annotate", unit="batch", disable=n_blocks < 2
@@ -312,7 +312,7 @@ def _with_totals(params: dict | None, totals: np.ndarray) -> dict:
     return (params or {}) | {keys.CELL_TOTALS: totals}
 
 
-def _aligned_blocks(
+def aligned_blocks(
     query, checked: CheckedQuery, batch_size: int, excluded: np.ndarray | None = None
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, sp.csr_matrix]]:
     """Each block of cells read, checked for counts and aligned to the model's genes: (each cell's total count,

@@ -58,6 +58,9 @@ MinGeneOverlap = Annotated[float, _flag(CheckOptions, "min_gene_overlap")]
 SpeciesMap = Annotated[bool, _flag(CheckOptions, "species_map")]
 Registries = Annotated[list[Path] | None, _flag(ModelOptions, "registries", "--registry")]
 Trust = Annotated[bool, _flag(ModelOptions, "trust")]
+ReportDir = Annotated[
+    Path | None, typer.Option("--report", help="Also write an HTML report with its figures into this folder.")
+]
 Offline = Annotated[bool, typer.Option(envvar="CELLZOO_OFFLINE", help=ModelOptions.help("offline"))]
 TrackingUri = Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI", help=ModelOptions.help("tracking_uri"))]
 
@@ -179,6 +182,7 @@ def annotate(
     table: Annotated[
         Path | None, typer.Option(help="Also write one row per cell to a .csv, .tsv or .parquet table.")
     ] = None,
+    report: ReportDir = None,
     counts_layer: CountsLayer = None,
     gene_column: GeneColumn = None,
     species_map: SpeciesMap = False,
@@ -224,8 +228,34 @@ def annotate(
             run=_options(RunOptions, values),
             source=_options(ModelOptions, values),
         )
+        if report is not None:
+            from runner.report import write_report
+
+            page = write_report(summary.output, report, key=summary.key, offline=offline)
     for line in summary.lines():
         typer.echo(line)
+    if report is not None:
+        typer.echo(f"report      {page}")
+
+
+@cellzoo_app.command("report")
+def report_command(
+    input: Annotated[Path, typer.Argument(help="An annotated .h5ad (the output of `annotate`).")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Folder of the report \\[default: INPUT.report/].")
+    ] = None,
+    key: Annotated[str | None, typer.Option(help="Key K of the results \\[default: the one the file holds].")] = None,
+    offline: Offline = False,
+    verbose: Verbose = False,
+    quiet: Quiet = False,
+) -> None:
+    """Write an HTML report of an annotated file: the query on the reference map, answers, uncertainty, markers."""
+    _setup_logging(verbose, quiet)
+    from runner.report import default_report_dir, write_report
+
+    with _running():
+        page = write_report(input, output or default_report_dir(input), key=key, offline=offline)
+    typer.echo(f"report      {page}")
 
 
 @cellzoo_app.command()

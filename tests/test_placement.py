@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from model_zoo.placement import NearestReference, UmapPlacement
+from model_zoo.placement import NearestReference, UmapPlacement, faithfulness, place_on_umap
 from tests.conftest import PBMC_ARCHIVE, ROOT, unpack_zoo_model
 
 
@@ -57,8 +57,49 @@ def test_search_is_exact_for_any_reference_size(n_reference):
 
 def test_a_cell_on_a_reference_cell_is_placed_on_its_umap_position(pbmc_weights):
     latent, umap = pbmc_weights
-    placed = UmapPlacement(latent, umap, 15)(latent[:200])
+    placed = UmapPlacement(latent, umap, n_neighbors=15)(latent[:200])
     np.testing.assert_allclose(placed, umap[:200], atol=1e-3)
+
+
+def two_clusters(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A reference of two labelled clusters, far apart in the model's space and on the map."""
+    label = np.repeat([0, 1], 300)
+    latent = rng.normal(0, 1, (600, 10)) + np.where(label == 0, 0.0, 6.0)[:, None]
+    umap = rng.normal(0, 1, (600, 2)) + np.where(label == 0, -10.0, 10.0)[:, None]
+    return latent, umap, label
+
+
+def test_a_cell_between_two_clusters_is_placed_in_its_labels_cluster():
+    """ingest's mean puts cells whose neighbours span two clusters in the empty space between them; the
+    labelled placement puts each beside reference cells of its predicted label, never in the void."""
+    rng = np.random.default_rng(0)
+    latent, umap, label = two_clusters(rng)
+    query = rng.normal(0, 1, (400, 10)) + 3.0  # halfway: neighbours from both clusters
+    predicted = rng.integers(0, 2, 400)
+    placement = UmapPlacement(latent, umap, label)
+    distances, indices = placement.neighbours(query)
+    old = faithfulness(umap, label, place_on_umap(umap, distances, indices), predicted)
+    new = faithfulness(umap, label, placement(query, predicted), predicted)
+    assert old["in_void"] > 0.3
+    assert new == {"label_agreement": 1.0, "in_void": 0.0}
+
+
+def test_a_cell_none_of_whose_neighbours_has_its_label_goes_to_the_nearest_cell_of_it():
+    rng = np.random.default_rng(1)
+    latent, umap, label = two_clusters(rng)
+    query = latent[:5] + 0.01  # deep in cluster 0, predicted 1
+    placed = UmapPlacement(latent, umap, label)(query, np.ones(5, dtype=int))
+    assert (placed[:, 0] > 5).all()  # cluster 1's side of the map
+    assert faithfulness(umap, label, placed, np.ones(5))["label_agreement"] == 1.0
+
+
+def test_a_model_without_reference_labels_places_as_before(pbmc_weights):
+    latent, umap = pbmc_weights
+    placement = UmapPlacement(latent, umap)
+    distances, indices = placement.neighbours(latent[:100] + 0.3)
+    np.testing.assert_allclose(
+        placement(latent[:100] + 0.3, np.zeros(100, dtype=int)), place_on_umap(umap, distances, indices)
+    )
 
 
 def test_predicting_with_the_zoo_model_needs_no_scikit_learn(tmp_path):

@@ -15,11 +15,13 @@ Probabilities are calibrated by temperature scaling on a held-out part of the re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
+
+from model_zoo.placement import no_reference_labels
 
 TARGET_SUM = 1e4  # counts per cell after normalisation (CP10k), as CellTypist and scanpy use
 
@@ -42,6 +44,7 @@ class LinearWeights:
     novelty_distance_scale: float = np.nan  # model_zoo.novelty (NaN: a model built before it)
     novelty_share_floor: float = np.nan
     class_gene_share: np.ndarray | None = None  # (K, G) model_zoo.novelty.class_gene_share
+    reference_label: np.ndarray = field(default_factory=no_reference_labels)  # (N,) class per reference cell
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {
@@ -58,6 +61,7 @@ class LinearWeights:
             "reference_umap": self.reference_umap.astype(np.float32),
             "novelty_distance_scale": np.float32(self.novelty_distance_scale),
             "novelty_share_floor": np.float32(self.novelty_share_floor),
+            "reference_label": np.asarray(self.reference_label, dtype=np.int32),
         } | ({} if self.class_gene_share is None else {"class_gene_share": self.class_gene_share.astype(np.float32)})
 
     @classmethod
@@ -77,6 +81,7 @@ class LinearWeights:
             novelty_distance_scale=float(arrays.get("novelty_distance_scale", np.nan)),
             novelty_share_floor=float(arrays.get("novelty_share_floor", np.nan)),
             class_gene_share=arrays.get("class_gene_share"),
+            reference_label=np.asarray(arrays.get("reference_label", np.zeros(0)), dtype=np.int32),
         )
 
 
@@ -189,10 +194,10 @@ def embed(counts: sp.csr_matrix, present: np.ndarray, space: PcaSpace) -> tuple[
 
 def predict_arrays(counts: sp.csr_matrix, present: np.ndarray, weights: LinearWeights, placement):
     """Probabilities (n x K), PCA embedding (n x P), UMAP (n x 2, by ``placement``, a
-    :class:`model_zoo.placement.UmapPlacement`) and the distances to the nearest reference cells (n x k,
-    ascending) for raw counts in model gene order."""
+    :class:`model_zoo.placement.UmapPlacement`, beside reference cells of the most probable class) and the
+    distances to the nearest reference cells (n x k, ascending) for raw counts in model gene order."""
     log_expr, latent = embed(counts, present, weights)
     full = impute_missing(log_expr, latent, present, weights)
     logits = (full @ weights.coef.T.astype(full.dtype)).astype(np.float64) + weights.intercept
     probs = softmax(logits / weights.temperature)
-    return probs, latent, *placement.place(latent)
+    return probs, latent, *placement.place(latent, probs.argmax(axis=1))

@@ -8,42 +8,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlflow
-
-from model_zoo import contract, novelty
+from model_zoo import contract
+from model_zoo.annotator import ZooAnnotator
 from model_zoo.linear import compute
 from model_zoo.placement import UmapPlacement
-from model_zoo.pyfunc_io import load_arrays, load_hierarchy, load_ontology_ids, save_family_model
+from model_zoo.pyfunc_io import load_arrays, save_family_model
 
 FAMILY_DIR = Path(__file__).parent
 
 
-class LinearAnnotator(mlflow.pyfunc.PythonModel):
+class LinearAnnotator(ZooAnnotator):
     """Loads ``weights.npz`` and ``labels.json`` once; ``predict`` follows the model contract."""
-
-    # the contract's input is a CSR matrix or a DataFrame: no type-hint-based validation by MLflow
-    _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
         self.weights = compute.LinearWeights.from_arrays(load_arrays(context))
-        self.ontology_ids = load_ontology_ids(context)
-        self.hierarchy = load_hierarchy(context)
-        self.placement = UmapPlacement(self.weights.reference_latent, self.weights.reference_umap)
+        self.load_labels(context)
+        self.placement = UmapPlacement(
+            self.weights.reference_latent, self.weights.reference_umap, self.weights.reference_label
+        )
 
     def predict(self, context, model_input, params: dict | None = None):
         counts, present, totals = contract.as_model_matrix(model_input, self.weights.genes, params)
         probs, latent, umap, distances = compute.predict_arrays(counts, present, self.weights, self.placement)
-        score = novelty.query_score(distances, counts, totals, self.weights.count_share, present, self.weights)
-        return contract.output_frame(
-            self.weights.classes,
-            probs,
-            self.ontology_ids,
-            latent,
-            umap,
-            novelty_score=score,
-            hierarchy=self.hierarchy,
-            params=params,
-        )
+        return self.answer(params, counts, present, totals, probs, latent, umap, distances)
 
 
 def save_model(path: Path, weights: compute.LinearWeights, labels: dict, metadata: dict) -> None:

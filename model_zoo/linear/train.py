@@ -77,7 +77,12 @@ def select_features(counts: sp.csr_matrix, labels: np.ndarray, train_idx: np.nda
 
 
 def novelty_scales(
-    counts: sp.csr_matrix, genes: np.ndarray, features: Features, latent: np.ndarray, labels: np.ndarray, held: np.ndarray
+    counts: sp.csr_matrix,
+    genes: np.ndarray,
+    features: Features,
+    latent: np.ndarray,
+    labels: np.ndarray,
+    held: np.ndarray,
 ) -> dict:
     """The novelty score's per-class gene shares and scales (:mod:`model_zoo.novelty`): the shares over the
     training cells (``held`` left out), the scales on the ``held`` reference cells (their distance to the other
@@ -193,6 +198,7 @@ def train(
         temperature=temperature,
         **space,
         **scales,
+        reference_label=np.searchsorted(classes, labels),
     )
     report = {
         "params": params,

@@ -36,7 +36,7 @@ class ScanviWeights:
     count_share: np.ndarray  # (G,) share of all reference counts (over model genes) carried by each gene
     median_total: float  # median reference cell total over the model genes
     reference_batch: str  # a batch of the reference, to read a query through the reference model as is
-    gene_share: np.ndarray = None  # (G,) each gene's mean share of a reference cell's counts over all its genes
+    class_gene_share: np.ndarray = None  # (K, G) model_zoo.novelty.class_gene_share
     novelty_distance_scale: float = np.nan  # model_zoo.novelty (NaN: a model built before it)
     novelty_share_floor: float = np.nan
 

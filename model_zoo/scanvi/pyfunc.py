@@ -9,11 +9,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import mlflow
-
 from model_zoo import contract, novelty
-from model_zoo.placement import UMAP_NEIGHBORS, NearestReference, place_on_umap
-from model_zoo.pyfunc_io import load_arrays, load_hierarchy, load_ontology_ids, save_family_model
+from model_zoo.annotator import ZooAnnotator
+from model_zoo.placement import UMAP_NEIGHBORS, UmapPlacement
+from model_zoo.pyfunc_io import load_arrays, save_family_model
 from model_zoo.scanvi import compute, scvi_model
 
 FAMILY_DIR = Path(__file__).parent
@@ -23,18 +22,19 @@ DEVICE, QUERY_EPOCHS, SEED = "device", "query_epochs", "seed"
 RUN_OPTIONS = {DEVICE: "cpu", QUERY_EPOCHS: 0, SEED: 0}
 
 
-class ScanviAnnotator(mlflow.pyfunc.PythonModel):
+class ScanviAnnotator(ZooAnnotator):
     """Loads the arrays once; ``predict`` maps each query batch by surgery and transfers labels."""
 
     def load_context(self, context) -> None:
         self.weights = compute.ScanviWeights.from_arrays(load_arrays(context))
         self.model_dir = Path(context.artifacts[SCVI_MODEL])
-        self.ontology_ids = load_ontology_ids(context)
-        self.hierarchy = load_hierarchy(context)
+        self.load_labels(context)
         # one search serves both: the label transfer's k nearest and the UMAP placement's 15 nearest are the
         # first columns of the same ascending neighbours
         k = max(self.weights.n_neighbors, UMAP_NEIGHBORS, novelty.NEIGHBORS)
-        self.index = NearestReference(self.weights.reference_latent, k)
+        self.index = UmapPlacement(
+            self.weights.reference_latent, self.weights.reference_umap, self.weights.reference_label, k
+        )
 
     def predict(self, context, model_input, params: dict | None = None):
         params = params or {}
@@ -53,21 +53,8 @@ class ScanviAnnotator(mlflow.pyfunc.PythonModel):
         probs = compute.transfer_labels(
             distances[:, :k], neighbours[:, :k], self.weights.reference_label, len(self.weights.classes)
         )
-        umap = place_on_umap(self.weights.reference_umap, distances[:, :UMAP_NEIGHBORS], neighbours[:, :UMAP_NEIGHBORS])
-        share = self.weights.gene_share
-        score = (
-            novelty.query_score(distances, counts, totals, share, present, self.weights) if share is not None else None
-        )
-        return contract.output_frame(
-            self.weights.classes,
-            probs,
-            self.ontology_ids,
-            latent,
-            umap,
-            novelty_score=score,
-            hierarchy=self.hierarchy,
-            params=params,
-        )
+        umap = self.index.position(latent, distances, neighbours, probs.argmax(axis=1))
+        return self.answer(params, counts, present, totals, probs, latent, umap, distances)
 
 
 def save_model(path: Path, model, labels: dict, metadata: dict) -> None:

@@ -99,7 +99,9 @@ def train(
         else np.zeros(counts.shape[1], dtype=bool)
     )
     kept = compute.select_genes(counts, hvg, params["min_detection"])
-    totals = np.asarray(counts.sum(axis=1)).ravel()  # over all genes: the novelty score's composition
+    kept_genes = ~novelty.technical(genes)  # the novelty score's composition: totals over the other genes
+    totals = np.asarray(counts[:, kept_genes].sum(axis=1)).ravel()
+    composition = counts[:, kept] @ sp.diags(kept_genes[kept].astype(np.float64))
     counts, genes = counts[:, kept], np.asarray(genes)[kept].astype(str)
     floor = params["min_detection"]
     rest = "no detection floor" if floor is None else f"the rest detected in >= {floor} of cells"
@@ -121,9 +123,10 @@ def train(
     index = NearestReference(reference_latent, params["n_neighbors"])  # as the pyfunc searches
     distances, neighbours = index.neighbours(test_latent)
     probs = compute.transfer_labels(distances, neighbours, reference_label, len(classes))
-    share = novelty.gene_share(counts[train_idx], totals[train_idx])
-    in_model = np.asarray(counts[test_idx].sum(axis=1)).ravel()
-    scales = novelty.held_out_scales(index, test_latent, in_model, totals[test_idx], float(share.sum()), in_index=False)
+    share = novelty.class_gene_share(composition[train_idx], totals[train_idx], labels[train_idx], classes)
+    scales = novelty.held_out_scales(
+        index, test_latent, composition[test_idx], totals[test_idx], labels[test_idx], classes, share, in_index=False
+    )
     embedding = umap.UMAP(n_neighbors=params["umap_neighbors"], random_state=params["seed"]).fit_transform(
         reference_latent
     )
@@ -138,7 +141,7 @@ def train(
         count_share=np.asarray(counts.sum(axis=0)).ravel() / counts.sum(),
         median_total=float(np.median(np.asarray(counts.sum(axis=1)).ravel())),
         reference_batch=str(batch[train_idx][0]),
-        gene_share=share,
+        class_gene_share=share,
         **scales,
     )
     report = {

@@ -20,6 +20,7 @@ import scipy.sparse as sp
 import xgboost as xgb
 
 from model_zoo.linear import compute as linear
+from model_zoo.placement import no_reference_labels
 from model_zoo.pyfunc_io import Trained
 
 OBJECTIVE = "multi:softprob"
@@ -44,6 +45,7 @@ class XGBoostWeights:
     novelty_distance_scale: float = np.nan  # model_zoo.novelty (NaN: a model built before it)
     novelty_share_floor: float = np.nan
     class_gene_share: np.ndarray | None = None  # (K, G) model_zoo.novelty.class_gene_share
+    reference_label: np.ndarray = dataclasses.field(default_factory=no_reference_labels)  # (N,) class per cell
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         out = {}
@@ -59,7 +61,7 @@ class XGBoostWeights:
         values = {}
         for field in dataclasses.fields(cls):
             if field.name not in arrays:
-                continue  # a model built before the field: its default
+                continue  # a model built before the field: its default (or default factory)
             value = np.asarray(arrays[field.name])
             if value.dtype.kind == "U":
                 values[field.name] = value.astype(str)
@@ -133,4 +135,4 @@ def predict_arrays(
     ascending) for raw counts in model gene order."""
     _, latent = linear.embed(counts, present, weights)
     probs = linear.softmax(margins(booster, latent) / weights.temperature)
-    return probs, latent, *placement.place(latent)
+    return probs, latent, *placement.place(latent, probs.argmax(axis=1))

@@ -9,12 +9,12 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import mlflow
 import xgboost as xgb
 
-from model_zoo import contract, novelty
+from model_zoo import contract
+from model_zoo.annotator import ZooAnnotator
 from model_zoo.placement import UmapPlacement
-from model_zoo.pyfunc_io import load_arrays, load_hierarchy, load_ontology_ids, save_family_model
+from model_zoo.pyfunc_io import load_arrays, save_family_model
 from model_zoo.xgboost import compute
 
 FAMILY_DIR = Path(__file__).parent
@@ -23,15 +23,16 @@ DEVICE = "device"  # run option: 'cpu' (default) or 'cuda'
 RUN_OPTIONS = {DEVICE: "cpu"}
 
 
-class XGBoostAnnotator(mlflow.pyfunc.PythonModel):
+class XGBoostAnnotator(ZooAnnotator):
     """Loads ``weights.npz``, ``booster.json`` and ``labels.json`` once; ``predict`` follows the model contract."""
 
     def load_context(self, context) -> None:
         self.weights = compute.XGBoostWeights.from_arrays(load_arrays(context))
         self.booster = xgb.Booster(model_file=context.artifacts[BOOSTER])
-        self.ontology_ids = load_ontology_ids(context)
-        self.hierarchy = load_hierarchy(context)
-        self.placement = UmapPlacement(self.weights.reference_latent, self.weights.reference_umap)
+        self.load_labels(context)
+        self.placement = UmapPlacement(
+            self.weights.reference_latent, self.weights.reference_umap, self.weights.reference_label
+        )
 
     def predict(self, context, model_input, params: dict | None = None):
         counts, present, totals = contract.as_model_matrix(model_input, self.weights.genes, params)
@@ -39,17 +40,7 @@ class XGBoostAnnotator(mlflow.pyfunc.PythonModel):
         probs, latent, umap, distances = compute.predict_arrays(
             counts, present, self.weights, self.booster, self.placement
         )
-        score = novelty.query_score(distances, counts, totals, self.weights.count_share, present, self.weights)
-        return contract.output_frame(
-            self.weights.classes,
-            probs,
-            self.ontology_ids,
-            latent,
-            umap,
-            novelty_score=score,
-            hierarchy=self.hierarchy,
-            params=params,
-        )
+        return self.answer(params, counts, present, totals, probs, latent, umap, distances)
 
 
 def save_model(path: Path, model: compute.XGBoostModel, labels: dict, metadata: dict) -> None:

@@ -80,6 +80,7 @@ def train(
         temperature=temperature,
         **space,
         **scales,
+        reference_label=y_index,
     )
     report = {
         "params": params,
