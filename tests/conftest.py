@@ -15,6 +15,9 @@ import pandas as pd
 import pytest
 import yaml
 
+# no call home from the tests or the servers and commands they start (runner/__init__.py does the same for cellzoo)
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
 EXAMPLE = ROOT / "examples" / "celltypist_sample.h5ad"
