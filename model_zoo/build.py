@@ -42,6 +42,7 @@ import yaml
 from model_zoo import contract
 from model_zoo.card import render_card
 from model_zoo.metrics import expected_calibration_error, ontology_match
+from model_zoo.pyfunc_io import python_model_predict
 
 logger = logging.getLogger(__name__)
 
@@ -221,6 +222,10 @@ def evaluate_query(model, model_genes: np.ndarray, path: Path, spec: dict) -> di
     query = read_labelled(path, spec["label_column"], set(spec["labels"]), {"gene_column": spec.get("gene_column")})
     frame = pd.DataFrame.sparse.from_spmatrix(query.counts, columns=query.genes).sparse.to_dense()
     frame = frame.T.groupby(level=0).sum().T  # genes named twice are summed, as the runner sums them
+    # the signature names the model's genes alone (MLflow would drop the other columns): each cell's total
+    # over all its genes goes beside them
+    totals = frame.sum(axis=1)
+    frame = frame[[g for g in model_genes if g in frame.columns]].assign(**{contract.TOTAL_COUNTS: totals})
     out = model.predict(frame)
     truth = np.array([spec["labels"][label] for label in query.labels])
 
@@ -259,8 +264,9 @@ def time_annotation(model, model_genes: np.ndarray, cells: Labelled, source: str
     counts = sp.csr_matrix(counts.multiply(present.astype(np.float64)[None, :]))
     counts = counts[np.resize(np.arange(counts.shape[0]), n_cells)]
     params = {contract.GENES_PRESENT: [str(g) for g in model_genes[present]]}
+    predict = python_model_predict(model)
     start = time.perf_counter()
-    model.predict(counts, params=params)
+    predict(counts, params=params)
     return {"file": source, "n_cells": n_cells, "seconds": round(time.perf_counter() - start, 1)}
 
 
