@@ -504,14 +504,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--genes-from", type=Path, help="train on exactly the genes of this query .h5ad or gene list (a panel)"
     )
+    parser.add_argument("--tracking-uri", help="MLflow tracking server to log the build to (run, metrics, model)")
+    parser.add_argument("--register", help="add the logged model to the Model Registry under this name")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.register and not args.tracking_uri:
+        print(
+            "error: --register needs a tracking server: pass --tracking-uri or set $MLFLOW_TRACKING_URI",
+            file=sys.stderr,
+        )
+        return 2
     try:
         overrides = dict(_parse_override(p) for p in args.param)
         target = build(args.recipe, args.reference, args.out, overrides, args.timing_cells, args.genes_from)
     except BuildError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    if args.tracking_uri:
+        import mlflow
+
+        from model_zoo.tracking import log_build
+
+        recipe, recipe_path = load_recipe(args.recipe)
+        try:
+            params = {**(recipe.get("params") or {}), **overrides}
+            log_build(target, recipe_path, params, args.tracking_uri, args.register)
+        except (mlflow.exceptions.MlflowException, OSError) as err:
+            print(f"error: built {target}, but could not log it to {args.tracking_uri}: {err}", file=sys.stderr)
+            return 1
     print(target)
     return 0
 

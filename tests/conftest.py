@@ -119,6 +119,15 @@ def archive_server():
         yield server
 
 
+@pytest.fixture(scope="session")
+def mlflow_tracking(tmp_path_factory):
+    """A real `mlflow server` (SQLite backend, local artifacts) on 127.0.0.1, once per session (tests/servers.py)."""
+    from tests.servers import MlflowServer
+
+    with MlflowServer(tmp_path_factory.mktemp("mlflow"), BIN / "mlflow") as server:
+        yield server
+
+
 KANG = "pbmc/kang2018_pbmc.h5ad"
 
 
