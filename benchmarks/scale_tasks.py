@@ -124,7 +124,7 @@ def scanvi_curve(path: str, *epochs: str) -> None:
 
     from model_zoo.metrics import ontology_match
     from model_zoo.scanvi.pyfunc import QUERY_EPOCHS
-    from runner.invoke import load_pyfunc, run_params
+    from runner.invoke import call_predict, load_pyfunc, run_params
 
     info, adata, checked = _checked_query(path, "pbmc-scanvi")
     recipe = yaml.safe_load((Path(__file__).parent.parent / "model_zoo/recipes/pbmc-scanvi.yaml").read_text())
@@ -134,12 +134,12 @@ def scanvi_curve(path: str, *epochs: str) -> None:
     truth = [spec["labels"][label] for label in labels[scored]]
     model = load_pyfunc(info)
     counts = checked.aligned
-    model.predict(counts[:200], params=run_params(checked.alignment.present, info.genes, {QUERY_EPOCHS: 1}))  # warm-up
+    call_predict(model, counts[:200], run_params(checked.alignment.present, info.genes, {QUERY_EPOCHS: 1}))  # warm-up
     rows = []
     for n_epochs in map(int, epochs):
         params = run_params(checked.alignment.present, info.genes, {QUERY_EPOCHS: n_epochs})
         start = time.perf_counter()
-        out = model.predict(counts, params=params)
+        out = call_predict(model, counts, params)  # CSR: past MLflow's DataFrame signature, as the runner
         seconds = time.perf_counter() - start
         assigned = out["uncertainty"].to_numpy()[scored] <= UNASSIGNED_THRESHOLD
         terms = out["ontology_term_id"].to_numpy()[scored]
@@ -160,7 +160,7 @@ def scanvi_curve(path: str, *epochs: str) -> None:
 def overhead(path: str) -> None:
     """Seconds of the parts of an `annotate -m pbmc` run on a small query, timed in this one process."""
     start = time.perf_counter()
-    from runner.invoke import load_pyfunc, run_params
+    from runner.invoke import call_predict, load_pyfunc, run_params
 
     info, _, checked = _checked_query(path, "pbmc")
     read_and_check = time.perf_counter() - start
@@ -168,7 +168,7 @@ def overhead(path: str) -> None:
     model = load_pyfunc(info)
     load = time.perf_counter() - start
     start = time.perf_counter()
-    model.predict(checked.aligned, params=run_params(checked.alignment.present, info.genes))
+    call_predict(model, checked.aligned, run_params(checked.alignment.present, info.genes))
     predict = time.perf_counter() - start
     print(json.dumps({"read_and_check_s": read_and_check, "load_model_s": load, "predict_s": predict}))
 

@@ -42,6 +42,7 @@ import yaml
 from model_zoo import contract, novelty
 from model_zoo.card import render_card
 from model_zoo.metrics import expected_calibration_error, ontology_match
+from model_zoo.pyfunc_io import python_model_predict
 
 logger = logging.getLogger(__name__)
 
@@ -223,6 +224,10 @@ def evaluate_query(model, model_genes: np.ndarray, path: Path, spec: dict) -> di
     query = read_labelled(path, spec["label_column"], set(spec["labels"]), {"gene_column": spec.get("gene_column")})
     frame = pd.DataFrame.sparse.from_spmatrix(query.counts, columns=query.genes).sparse.to_dense()
     frame = frame.T.groupby(level=0).sum().T  # genes named twice are summed, as the runner sums them
+    # the signature names the model's genes alone (MLflow would drop the other columns): each cell's total
+    # over all its genes goes beside them
+    totals = frame.sum(axis=1)
+    frame = frame[[g for g in model_genes if g in frame.columns]].assign(**{contract.TOTAL_COUNTS: totals})
     out = model.predict(frame)
     truth = np.array([spec["labels"][label] for label in query.labels])
 
@@ -261,8 +266,9 @@ def time_annotation(model, model_genes: np.ndarray, cells: Labelled, source: str
     counts = sp.csr_matrix(counts.multiply(present.astype(np.float64)[None, :]))
     counts = counts[np.resize(np.arange(counts.shape[0]), n_cells)]
     params = {contract.GENES_PRESENT: [str(g) for g in model_genes[present]]}
+    predict = python_model_predict(model)
     start = time.perf_counter()
-    model.predict(counts, params=params)
+    predict(counts, params=params)
     return {"file": source, "n_cells": n_cells, "seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -516,14 +522,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--genes-from", type=Path, help="train on exactly the genes of this query .h5ad or gene list (a panel)"
     )
+    parser.add_argument("--tracking-uri", help="MLflow tracking server to log the build to (run, metrics, model)")
+    parser.add_argument("--register", help="add the logged model to the Model Registry under this name")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.register and not args.tracking_uri:
+        print(
+            "error: --register needs a tracking server: pass --tracking-uri or set $MLFLOW_TRACKING_URI",
+            file=sys.stderr,
+        )
+        return 2
     try:
         overrides = dict(_parse_override(p) for p in args.param)
         target = build(args.recipe, args.reference, args.out, overrides, args.timing_cells, args.genes_from)
     except BuildError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    if args.tracking_uri:
+        import mlflow
+
+        from model_zoo.tracking import log_build
+
+        recipe, recipe_path = load_recipe(args.recipe)
+        try:
+            params = {**(recipe.get("params") or {}), **overrides}
+            log_build(target, recipe_path, params, args.tracking_uri, args.register)
+        except (mlflow.exceptions.MlflowException, OSError) as err:
+            print(f"error: built {target}, but could not log it to {args.tracking_uri}: {err}", file=sys.stderr)
+            return 1
     print(target)
     return 0
 

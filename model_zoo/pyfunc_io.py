@@ -37,10 +37,16 @@ class Trained:
         return self.weights.classes
 
 
-def params_signature(extra_params: dict[str, object] | None = None):
-    """The signature's run options: ``genes_present`` and a family's ``extra_params`` (name -> default)."""
+def model_signature(genes, extra_params: dict[str, object] | None = None):
+    """The model's MLflow signature.
+
+    Inputs: one optional ``double`` column per model gene (named by the model's gene ids; an absent column is a
+    missing gene) and the optional ``total_counts`` column (each cell's total over all its genes: MLflow drops
+    the columns a signature does not name before ``predict``, so a caller with other genes sends their total
+    here). Params: ``genes_present``, ``cell_totals`` and a family's ``extra_params`` (name -> default).
+    """
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import ParamSchema, ParamSpec
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
     kinds = {str: "string", int: "long", float: "double", bool: "boolean"}
     specs = [
@@ -49,7 +55,19 @@ def params_signature(extra_params: dict[str, object] | None = None):
     ]
     options = contract.ANSWER_OPTIONS | (extra_params or {})
     specs += [ParamSpec(name, kinds[type(value)], value) for name, value in options.items()]
-    return ModelSignature(inputs=None, outputs=None, params=ParamSchema(specs))
+    columns = [ColSpec("double", str(gene), required=False) for gene in [*genes, contract.TOTAL_COUNTS]]
+    return ModelSignature(inputs=Schema(columns), outputs=None, params=ParamSchema(specs))
+
+
+def python_model_predict(model):
+    """``predict(model_input, params)`` of a loaded pyfunc's own ``PythonModel``, past MLflow's input checks
+    (the runner's CSR path: MLflow would check every element of ``params['cell_totals']`` and match a CSR
+    matrix to the signature's columns); ``model.predict`` for other flavours."""
+    wrapper = getattr(model, "_model_impl", None)
+    python_model = getattr(wrapper, "python_model", None)
+    if python_model is None:
+        return model.predict
+    return lambda model_input, params=None: python_model.predict(wrapper.context, model_input, params=params)
 
 
 def load_ontology_ids(context) -> dict[str, str]:
@@ -115,7 +133,7 @@ def save_family_model(
             | {name: str(p) for name, p in (extra_artifacts or {}).items()},
             code_paths=[str(PACKAGE_DIR)],
             pip_requirements=requirements,
-            signature=params_signature(extra_params),
+            signature=model_signature(weights.genes, extra_params),
             metadata=metadata,
         )
 

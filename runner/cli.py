@@ -496,6 +496,17 @@ def build(
             "targeted panel (MERFISH, Xenium, CosMx)."
         ),
     ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MLFLOW_TRACKING_URI",
+            help="MLflow tracking server to log the build to: a run with the recipe, parameters, the model "
+            "card's metrics and the model (default: $MLFLOW_TRACKING_URI; none: nothing is logged).",
+        ),
+    ] = None,
+    register: Annotated[
+        str | None, typer.Option(help="Add the logged model to the Model Registry as a new version of NAME.")
+    ] = None,
     verbose: Verbose = False,
     quiet: Quiet = False,
 ) -> None:
@@ -508,9 +519,11 @@ def build(
     command += [arg for path in reference for arg in ("--reference", str(path))]
     command += [arg for item in param or [] for arg in ("--param", item)]
     command += ["--genes-from", str(genes_from)] if genes_from else []
+    command += ["--tracking-uri", tracking_uri] if tracking_uri else []
+    command += ["--register", register] if register else []
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
     if done.returncode != 0:
-        raise typer.Exit(1)
+        raise typer.Exit(done.returncode)
     model_dir = Path(done.stdout.strip().splitlines()[-1])
     archive = model_dir.with_suffix(".zip") if model_dir.suffix == "" else Path(f"{model_dir}.zip")
     with _user_errors():

@@ -36,6 +36,7 @@ from runner.registry import NAME, VERSION, load_registries
 PINNED_URL = re.compile(r"^(?P<url>(?:https?|file)://[^#]+)#sha256=(?P<sha256>[0-9a-f]{64})$")
 URL = re.compile(r"^(?:https?|file)://[^#]+$")
 MLFLOW_URI = re.compile(r"^(?:models|runs):/.+")
+REGISTERED = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[^/@]+))$")  # NAME/N, NAME@alias
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 REGISTRY_ENV = "MLFLOW_REGISTRY_URI"  # MLflow's own: a model registry apart from the tracking server
 TRUST_HINT = (
@@ -168,16 +169,43 @@ def _from_mlflow(reference: str, tracking_uri: str | None, offline: bool) -> Res
     # models:/ is looked up in the model registry, which MLflow does not take from `tracking_uri`
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(os.environ.get(REGISTRY_ENV) or tracking_uri)
+    name, version, source = _registered_version(reference)
     with tempfile.TemporaryDirectory(prefix="cellzoo-mlflow-") as tmp:
         download = Path(tmp) / "download"
         download.mkdir()
         try:
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=reference, dst_path=str(download), tracking_uri=tracking_uri
+                artifact_uri=source, dst_path=str(download), tracking_uri=tracking_uri
             )
         except (mlflow.exceptions.MlflowException, OSError) as err:
             raise ModelError(f"could not download {reference} from the tracking server {tracking_uri}: {err}") from err
         archive = Path(tmp) / "model.zip"
         pack_model_dir(Path(local), archive)
         path, digest = cache.store_archive(archive, reference)
-    return ResolvedModel(path=path, reference=reference, url=reference, sha256=digest, tracking_uri=tracking_uri)
+    return ResolvedModel(
+        path=path,
+        reference=reference,
+        url=source,
+        sha256=digest,
+        registry_name=name,
+        registry_version=version,
+        tracking_uri=tracking_uri,
+    )
+
+
+def _registered_version(reference: str) -> tuple[str, str, str]:
+    """(registered model name, version, the URI to download) of a ``models:/`` reference; an ``@alias`` is
+    resolved to the version it names now, and that version is downloaded (the alias may move meanwhile).
+    ``('', '', reference)`` for any other MLflow URI."""
+    import mlflow
+
+    registered = REGISTERED.match(reference)
+    if not registered:
+        return "", "", reference
+    name, version = registered["name"], registered["version"]
+    if registered["alias"]:
+        try:
+            version = str(mlflow.MlflowClient().get_model_version_by_alias(name, registered["alias"]).version)
+        except mlflow.exceptions.MlflowException as err:
+            raise ModelError(f"could not resolve {reference} in the model registry: {err}") from err
+    return name, version, f"models:/{name}/{version}"

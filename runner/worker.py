@@ -8,7 +8,10 @@ batch, and writes the output frame as parquet. The request (JSON, small) names t
 from __future__ import annotations
 
 import json
+import os
 import sys
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # offline first (runner/__init__.py), before MLflow
 
 
 def main(request_path: str) -> int:

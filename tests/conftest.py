@@ -15,6 +15,9 @@ import pandas as pd
 import pytest
 import yaml
 
+# no call home from the tests or the servers and commands they start (runner/__init__.py does the same for cellzoo)
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
 EXAMPLE = ROOT / "examples" / "celltypist_sample.h5ad"
@@ -113,6 +116,15 @@ def archive_server():
     from tests.servers import ArchiveServer
 
     with ArchiveServer(PBMC_ARCHIVE.parent) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mlflow_tracking(tmp_path_factory):
+    """A real `mlflow server` (SQLite backend, local artifacts) on 127.0.0.1, once per session (tests/servers.py)."""
+    from tests.servers import MlflowServer
+
+    with MlflowServer(tmp_path_factory.mktemp("mlflow"), BIN / "mlflow") as server:
         yield server
 
 

@@ -7,31 +7,29 @@ import zipfile
 import anndata as ad
 import pytest
 
-from tests.conftest import BIN, PBMC_ARCHIVE, assert_cache_clean, run_cli, sha256
-from tests.servers import MlflowServer
+from tests.conftest import PBMC_ARCHIVE, assert_cache_clean, run_cli, sha256
 
 pytestmark = pytest.mark.slow
 PBMC_SHA = sha256(PBMC_ARCHIVE)
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """A tracking server holding the zoo's pbmc model as registered model 'pbmc' version 1."""
+def mlflow_server(mlflow_tracking, tmp_path_factory):
+    """The session's tracking server, holding the zoo's pbmc model as registered model 'pbmc' version 1."""
     import mlflow
 
-    root = tmp_path_factory.mktemp("mlflow")
-    model_dir = root / "pbmc"
+    model_dir = tmp_path_factory.mktemp("zoo") / "pbmc"
     with zipfile.ZipFile(PBMC_ARCHIVE) as zf:
         zf.extractall(model_dir)
-    with MlflowServer(root, BIN / "mlflow") as server:
-        client = mlflow.MlflowClient(tracking_uri=server.uri, registry_uri=server.uri)
-        run = client.create_run(client.create_experiment("zoo"))
-        client.log_artifacts(run.info.run_id, str(model_dir), artifact_path="model")
-        client.set_terminated(run.info.run_id)
-        client.create_registered_model("pbmc")
-        client.create_model_version("pbmc", source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
-        server.run_id = run.info.run_id
-        yield server
+    server = mlflow_tracking
+    client = mlflow.MlflowClient(tracking_uri=server.uri, registry_uri=server.uri)
+    run = client.create_run(client.create_experiment("zoo"))
+    client.log_artifacts(run.info.run_id, str(model_dir), artifact_path="model")
+    client.set_terminated(run.info.run_id)
+    client.create_registered_model("pbmc")
+    client.create_model_version("pbmc", source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+    server.run_id = run.info.run_id
+    return server
 
 
 def test_models_uri_annotates_like_the_zoo_archive(mlflow_server, example_copy, tmp_path, model_cache):
