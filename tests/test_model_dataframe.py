@@ -46,8 +46,12 @@ def kang_answers(pbmc_dir, kang_frame) -> np.ndarray:
 
 
 def request_frame(frame: pd.DataFrame, genes: list[str]) -> pd.DataFrame:
-    """What a user sends: the model's genes the query has (no column for the others), each cell's total."""
-    return frame[[g for g in genes if g in frame.columns]].assign(total_counts=frame.sum(axis=1))
+    """What a user sends: the model's genes the query has (no column for the others), each cell's total over its
+    genes but the technical ones (the model's metadata `cell_totals_exclude`, as the README shows)."""
+    from model_zoo.novelty import TECHNICAL
+
+    totals = frame.loc[:, ~frame.columns.str.contains(TECHNICAL)].sum(axis=1)
+    return frame[[g for g in genes if g in frame.columns]].assign(total_counts=totals)
 
 
 def model_genes(model_dir) -> list[str]:
