@@ -181,9 +181,11 @@ def truth_terms(data: Path, file: str, labels) -> np.ndarray:
     return np.array([table.get((file, str(label))) or table[(folder, str(label))] for label in labels])
 
 
-def load_query(query: Query, data: Path, reference: Reference) -> QueryData:
-    """The query's truth and, for the peers, its raw counts on the reference's genes (runner's gene mapping)."""
-    adata = ad.read_h5ad(data / query.file)
+def load_query(query: Query, data: Path, reference: Reference, path: Path | None = None) -> QueryData:
+    """The query's truth and, for the peers, its raw counts on the reference's genes (runner's gene mapping);
+    ``path``: read the cells from there instead of the data folder (a subset, recovered counts)."""
+    path = path or data / query.file
+    adata = ad.read_h5ad(path)
     genes = reference.cells.genes
     alignment = align_genes(adata.var, genes, model_id_type=reference.gene_id_type, species="human")
     counts = sp.csr_matrix(sp.csr_matrix(adata.X, dtype=np.float32) @ alignment.matrix)[:, alignment.present]
@@ -191,7 +193,7 @@ def load_query(query: Query, data: Path, reference: Reference) -> QueryData:
     aligned = ad.AnnData(counts, obs=pd.DataFrame(index=adata.obs_names), var=var)
     labels = adata.obs[query.label_column]
     truth = labels.astype(str).to_numpy() if query.ontology else truth_terms(data, query.file, labels)
-    return QueryData(query, data / query.file, truth, aligned)
+    return QueryData(query, path, truth, aligned)
 
 
 def reference_from_recipe(task: Task, recipe: dict, paths: list[Path], held_out: str | None = None) -> Reference:
@@ -521,6 +523,45 @@ class Results:
     skipped: list[str]  # methods not run, and why
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """One method's predictions on one query: a row of the tables."""
+
+    query: QueryData
+    method: str  # the row
+    cellzoo: bool
+    predictions: Predictions
+    train_s: float
+    annotate_s: float
+
+
+def apply_method(
+    method: Method, reference: Reference, queries: list[QueryData], folder: Path, skipped: list[str]
+) -> list[Outcome]:
+    """Train ``method`` on ``reference`` in ``folder`` and annotate each query; a query that `annotate`
+    refuses (what a user would get) is noted in ``skipped``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    annotator = method.train(reference, folder)
+    train_seconds = time.perf_counter() - start
+    trained_on = f"without {reference.held_out}" if reference.held_out else "all classes"
+    logger.info("%s, %s (%s): trained in %.0f s", reference.task.name, method.key, trained_on, train_seconds)
+    outcomes = []
+    for query in queries:
+        start = time.perf_counter()
+        try:
+            predictions = annotator(query, folder)
+        except CellzooError as err:
+            skipped.append(f"{method.key} ({trained_on}) on {query.query.name}: {str(err).rstrip('.')}")
+            continue
+        seconds = time.perf_counter() - start
+        outcomes += [
+            Outcome(query, row, method.cellzoo, prediction, train_seconds, seconds)
+            for row, prediction in predictions.items()
+        ]
+    return outcomes
+
+
 def run(tasks: list[Task], methods: tuple[Method, ...], data: Path, work: Path) -> Results:
     """Train every method on each task's reference, and again without its held-out class; annotate and score."""
     results = Results([], [], [])
@@ -531,36 +572,14 @@ def run(tasks: list[Task], methods: tuple[Method, ...], data: Path, work: Path) 
             queries = queries or [load_query(q, data, reference) for q in task.queries]
             for method in methods:
                 folder = work / f"{task.references[0].split('/')[0]}-{method.key}-{held_out or 'all'}"
-                folder.mkdir(parents=True)
-                start = time.perf_counter()
-                annotator = method.train(reference, folder)
-                train_seconds = time.perf_counter() - start
-                logger.info(
-                    "%s, %s (without %s): trained in %.0f s",
-                    task.name,
-                    method.key,
-                    held_out or "nothing",
-                    train_seconds,
-                )
-                for query in queries:
-                    start = time.perf_counter()
-                    try:
-                        predictions = annotator(query, folder)
-                    except CellzooError as err:  # `annotate` refused the query: what a user would get
-                        trained_on = f"without {held_out}" if held_out else "all classes"
-                        results.skipped.append(
-                            f"{method.key} ({trained_on}) on {query.query.name}: {str(err).rstrip('.')}"
-                        )
-                        continue
-                    seconds = time.perf_counter() - start
-                    for row, prediction in predictions.items():
-                        record = {"query": query.query.name, "method": row, "cellzoo": method.cellzoo}
-                        if held_out is None:
-                            scores = score(prediction, query.truth, reference.terms)
-                            results.scores.append(record | scores | {"train_s": train_seconds, "annotate_s": seconds})
-                        else:
-                            ood = score_ood(prediction, query.truth, reference.terms[held_out])
-                            results.ood.append(record | {"held_out": held_out} | ood)
+                for out in apply_method(method, reference, queries, folder, results.skipped):
+                    record = {"query": out.query.query.name, "method": out.method, "cellzoo": out.cellzoo}
+                    if held_out is None:
+                        scores = score(out.predictions, out.query.truth, reference.terms)
+                        results.scores.append(record | scores | {"train_s": out.train_s, "annotate_s": out.annotate_s})
+                    else:
+                        ood = score_ood(out.predictions, out.query.truth, reference.terms[held_out])
+                        results.ood.append(record | {"held_out": held_out} | ood)
     order = [q.name for task in tasks for q in task.queries]
     for rows in (results.scores, results.ood):
         rows.sort(key=lambda r: order.index(r["query"]))  # stable: methods stay in their order per query
@@ -832,17 +851,23 @@ GENCODE table, as `annotate` does), CellBench Drop-seq and CEL-seq2 3-line mixtu
 """
 
 
+def quiet_logs() -> None:
+    """The benchmarks' progress lines, without the libraries' warnings."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    for name in ("benchmarks.accuracy", "benchmarks.peers", "benchmarks.lung", "benchmarks.novelty"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    for noisy in ("scvi", "lightning", "lightning.pytorch", "model_zoo", "runner"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(prog="benchmarks/accuracy.py", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
     parser.add_argument("--docs-dir", type=Path, default=DEFAULT_OUT, help="folder for accuracy.md and the plots")
     parser.add_argument("--quick", action="store_true", help="the lung cell lines only")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logger.setLevel(logging.INFO)
-    for noisy in ("scvi", "lightning", "lightning.pytorch", "celltypist", "model_zoo", "runner"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    quiet_logs()
     command = " ".join(["python benchmarks/accuracy.py", *(argv if argv is not None else sys.argv[1:])])
     start, load_start, env = time.perf_counter(), os.getloadavg()[0], environment()  # before anything is written
     with tempfile.TemporaryDirectory(prefix="cellzoo-accuracy-") as tmp:
