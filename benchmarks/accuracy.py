@@ -91,6 +91,7 @@ class Query:
     file: str  # relative to the data folder
     label_column: str
     ontology: bool = False  # the label column holds Cell Ontology ids (else mapped by labels_to_ontology.csv)
+    species: str = "human"  # another species is annotated by cellzoo with species_map=True
 
 
 @dataclass(frozen=True)
@@ -253,7 +254,7 @@ def cellzoo_recipe(reference: Reference, family: str) -> dict:
         recipe["reference"]["drop_labels"] = dropped
     recipe["family"] = family
     suffix = f"-without-{reference.held_out}" if reference.held_out else ""
-    recipe["name"] = f"{recipe['name']}-{family}{suffix}".replace(" ", "-").replace(":", "")
+    recipe["name"] = f"{recipe['name']}-{family}{suffix}".replace(" ", "-").replace(":", "").replace(",", "")
     return recipe
 
 
@@ -290,7 +291,8 @@ def train_cellzoo(reference: Reference, work: Path, *, family: str) -> Annotator
     model_dir = build_model(cellzoo_recipe(reference, family), reference.paths, work)
 
     def annotate_query(query: QueryData, tmp: Path) -> dict[str, Predictions]:
-        return {f"cellzoo {family}": annotate_cellzoo(query.path, model_dir, tmp)}
+        options = {"species_map": True} if query.query.species != "human" else {}
+        return {f"cellzoo {family}": annotate_cellzoo(query.path, model_dir, tmp, **options)}
 
     return annotate_query
 
@@ -314,17 +316,17 @@ def celltypist_predictions(table: pd.DataFrame, column: str, confidence: str) ->
     return Predictions(label, label, uncertainty, str(table["genes"].iloc[0]), abstained=abstained)
 
 
-def train_celltypist(reference: Reference, work: Path) -> Annotator:
+def train_celltypist(reference: Reference, work: Path, *, majority_voting: bool = True) -> Annotator:
     """CellTypist (:func:`celltypist_peer`); ``celltypist.annotate`` in ``best match`` mode on log1p CP10k of
-    the query, with ``majority_voting=True`` (its ``predicted_labels`` are the run without voting)."""
-    peer = celltypist_peer(reference, work, majority_voting=True)
+    the query, with ``majority_voting`` (a second row; its ``predicted_labels`` are the run without voting)."""
+    peer = celltypist_peer(reference, work, majority_voting=majority_voting)
 
     def annotate_query(query: QueryData, tmp: Path) -> dict[str, Predictions]:
         table = peer.annotate({query.query.name: log_cp10k(query.counts.X, query.counts.var_names)})[query.query.name]
-        return {
-            "CellTypist": celltypist_predictions(table, "predicted_labels", "conf_score"),
-            "CellTypist + majority voting": celltypist_predictions(table, "majority_voting", "conf_score_voting"),
-        }
+        rows = {"CellTypist": celltypist_predictions(table, "predicted_labels", "conf_score")}
+        if majority_voting:
+            rows["CellTypist + majority voting"] = celltypist_predictions(table, "majority_voting", "conf_score_voting")
+        return rows
 
     return annotate_query
 
