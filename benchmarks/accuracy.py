@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
-import importlib.util
+import hashlib
 import logging
 import os
 import platform
@@ -39,31 +39,31 @@ import yaml
 
 if not __package__:  # run as a script (python benchmarks/accuracy.py): make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import peers
 from benchmarks.report import markdown_table, package_version
 from model_zoo import build
 from model_zoo.metrics import expected_calibration_error, ontology_macro_f1, ontology_match
+from model_zoo.ontology import term_lineage
 from runner.annotate import annotate
 from runner.errors import CellzooError
 from runner.genes import align_genes
 from runner.keys import UNASSIGNED, ResultKeys
-from runner.options import RunOptions
+from runner.options import CheckOptions, RunOptions, split_options
 
 logger = logging.getLogger("benchmarks.accuracy")
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 DEFAULT_OUT = ROOT / "docs" / "benchmarks"
-LOCAL = RunOptions(env_manager="local")  # the models run in this interpreter
 THRESHOLD = 0.5  # uncertainty above which a cell is flagged: the runner's default, CellTypist's p_thres
 SEED = 0
 KEY = "zoo"  # --key-added of the cellzoo runs
 N_BINS = 10  # of the ECE and the reliability plot
-SKIPPED = "(not installed: its rows are skipped)"  # a peer's version when it is missing
 COLLAPSED = 0.9  # a method that gives this share of a query's cells one label is pointed out in the fragment
-# feature selection as the linear family. use_SGD: celltypist 1.7.1's default LogisticRegression passes
-# multi_class='ovr', which the installed scikit-learn no longer accepts; its SGD logistic regression (also
-# one-vs-rest) works
-CELLTYPIST = {"feature_selection": True, "top_genes": 300, "use_SGD": True, "random_state": SEED}
+# feature selection as the linear family, otherwise CellTypist's defaults (its lbfgs LogisticRegression), run in
+# its own environment (benchmarks/peers.py: celltypist 1.7.1 needs scikit-learn < 1.8)
+CELLTYPIST = {"feature_selection": True, "top_genes": 300, "random_state": SEED}
+KNN_NEIGHBORS = 50  # the scArches / HLCA weighted kNN label transfer
 INGEST = {"n_hvg": 2000, "n_pcs": 50, "n_neighbors": 15}
 SCARCHES_MODEL = {  # the scArches scANVI recipe (scArches / scvi-tools "scArches" tutorial)
     "n_layers": 2,
@@ -91,6 +91,8 @@ class Query:
     name: str
     file: str  # relative to the data folder
     label_column: str
+    ontology: bool = False  # the label column holds Cell Ontology ids (else mapped by labels_to_ontology.csv)
+    species: str = "human"  # another species is annotated by cellzoo with species_map=True
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ class Reference:
     terms: dict[str, str]  # label -> ontology id (Cell Ontology, or Cellosaurus for cell lines)
     gene_id_type: str
     held_out: str | None
+    recipe: dict | None = None  # what cellzoo is built from (family set per method); None: the task's recipes
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,11 @@ class Predictions:
     top_label: np.ndarray  # the most probable label: what the reported confidence is about
     uncertainty: np.ndarray | None  # 1 - the reported confidence; None when the method reports none
     genes: str  # the method's genes found in the query, "present/used"
+    terms: np.ndarray | None = None  # ontology id of each `label` when it may lie outside the label table
+    top_terms: np.ndarray | None = None  # ontology id of each `top_label`, likewise (cellzoo's finest guess)
+    novelty: np.ndarray | None = None  # cellzoo's novelty score (> 1: unlike the reference)
+    kind: np.ndarray | None = None  # cellzoo's answer kind: finest, coarser, uncertain, novel, no_signal
+    abstained: np.ndarray | None = None  # the method's own abstention, when it has one (CellTypist's p_thres)
 
 
 Annotator = Callable[[QueryData, Path], dict[str, Predictions]]  # a query -> predictions by table row
@@ -175,15 +183,28 @@ def truth_terms(data: Path, file: str, labels) -> np.ndarray:
     return np.array([table.get((file, str(label))) or table[(folder, str(label))] for label in labels])
 
 
-def load_query(query: Query, data: Path, reference: Reference) -> QueryData:
-    """The query's truth and, for the peers, its raw counts on the reference's genes (runner's gene mapping)."""
-    adata = ad.read_h5ad(data / query.file)
+def load_query(query: Query, data: Path, reference: Reference, path: Path | None = None) -> QueryData:
+    """The query's truth and, for the peers, its raw counts on the reference's genes (runner's gene mapping);
+    ``path``: read the cells from there instead of the data folder (a subset, recovered counts)."""
+    path = path or data / query.file
+    adata = ad.read_h5ad(path)
     genes = reference.cells.genes
     alignment = align_genes(adata.var, genes, model_id_type=reference.gene_id_type, species="human")
     counts = sp.csr_matrix(sp.csr_matrix(adata.X, dtype=np.float32) @ alignment.matrix)[:, alignment.present]
     var = pd.DataFrame(index=genes[alignment.present])
     aligned = ad.AnnData(counts, obs=pd.DataFrame(index=adata.obs_names), var=var)
-    return QueryData(query, data / query.file, truth_terms(data, query.file, adata.obs[query.label_column]), aligned)
+    labels = adata.obs[query.label_column]
+    truth = labels.astype(str).to_numpy() if query.ontology else truth_terms(data, query.file, labels)
+    return QueryData(query, path, truth, aligned)
+
+
+def reference_from_recipe(task: Task, recipe: dict, paths: list[Path], held_out: str | None = None) -> Reference:
+    """The training cells of ``recipe`` on ``paths`` (``model_zoo.build.prepare_reference``: harmonised labels,
+    cap & fill), as every method is trained on them; cellzoo is built from the same recipe and files."""
+    cells, batch, table, _ = build.prepare_reference(recipe, paths)
+    terms = {label: entry["ontology_term_id"] for label, entry in table.items()}
+    gene_id_type = recipe["reference"].get("gene_id_type", "symbol")
+    return Reference(task, paths, cells, batch, terms, gene_id_type, held_out, recipe)
 
 
 def log_cp10k(counts, genes) -> ad.AnnData:
@@ -199,55 +220,115 @@ def log_cp10k(counts, genes) -> ad.AnnData:
 # ---- the methods: each trains on a Reference and returns an Annotator ----
 
 
-def train_cellzoo(reference: Reference, work: Path, *, family: str) -> Annotator:
-    """Build ``family`` from the task's zoo recipe (its label table and parameters; the held-out class added
-    to ``drop_labels``) with ``model_zoo.build``, and annotate with ``runner.annotate.annotate``."""
-    recipe, _ = build.load_recipe(reference.task.recipes[family])
-    recipe["family"] = family
-    recipe["name"] = f"{recipe['name']}-{family}" + (f"-without-{reference.held_out}" if reference.held_out else "")
-    dropped = [*recipe["reference"].get("drop_labels", []), *([reference.held_out] if reference.held_out else [])]
-    recipe["reference"]["drop_labels"] = dropped
-    recipe.pop("evaluation", None)  # scored here, not by build
+def code_state() -> str:
+    """The state of model_zoo's code (git tree and uncommitted changes): part of a cached model's key."""
+    git = ["git", "-C", str(ROOT)]
+    tree = subprocess.run([*git, "rev-parse", "HEAD:model_zoo"], capture_output=True, text=True, check=False).stdout
+    diff = subprocess.run([*git, "diff", "HEAD", "--", "model_zoo"], capture_output=True, text=True, check=False).stdout
+    return hashlib.sha256((tree + diff).encode()).hexdigest()
+
+
+def build_model(recipe: dict, paths: list[Path], work: Path) -> Path:
+    """``model_zoo.build.build`` of ``recipe`` on ``paths``, cached under the bench folder by the recipe, the
+    files' contents and model_zoo's code (several benchmarks train the same models)."""
+    recipe = {k: v for k, v in recipe.items() if k != "evaluation"}  # scored by the benchmarks, not by build
+    text = yaml.safe_dump(recipe, sort_keys=True)
+    key = hashlib.sha256("\n".join([text, code_state(), *(build.sha256_file(p) for p in paths)]).encode())
+    cached = peers.bench_dir() / "models" / key.hexdigest()[:16]
+    target = cached / f"{recipe['name']}-{recipe['version']}"
+    if target.is_dir():
+        logger.info("%s: cached model %s", recipe["name"], target)
+        return target
     recipe_path = work / f"{recipe['name']}.yaml"
     recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    model_dir = build.build(str(recipe_path), reference.paths, work, timing_cells=0)
-    keys = ResultKeys(KEY)
+    return build.build(str(recipe_path), paths, cached, timing_cells=0)
+
+
+def cellzoo_recipe(reference: Reference, family: str) -> dict:
+    """The recipe of ``family``: the reference's own recipe, or the task's zoo recipe with the held-out class
+    added to ``drop_labels``."""
+    if reference.recipe is not None:
+        recipe = yaml.safe_load(yaml.safe_dump(reference.recipe))  # a copy
+    else:
+        recipe, _ = build.load_recipe(reference.task.recipes[family])
+        dropped = [*recipe["reference"].get("drop_labels", []), *([reference.held_out] if reference.held_out else [])]
+        recipe["reference"]["drop_labels"] = dropped
+    recipe["family"] = family
+    suffix = f"-without-{reference.held_out}" if reference.held_out else ""
+    recipe["name"] = f"{recipe['name']}-{family}{suffix}".replace(" ", "-").replace(":", "").replace(",", "")
+    return recipe
+
+
+def cellzoo_predictions(result: ad.AnnData, key: str = KEY) -> Predictions:
+    """What an annotated h5ad holds for key ``key``, as a row of the tables."""
+    keys = ResultKeys(key)
+    obs = result.obs
+    overlap = result.uns[key]["gene_overlap"]
+    return Predictions(
+        label=obs[keys.predicted].astype(str).to_numpy(),
+        top_label=obs[keys.finest].astype(str).to_numpy(),
+        uncertainty=obs[keys.uncertainty].to_numpy(dtype=float),
+        genes=f"{overlap['present']}/{overlap['model_genes']}",
+        terms=obs[keys.ontology_term_id].astype(str).to_numpy(),
+        top_terms=obs[keys.finest_ontology_term_id].astype(str).to_numpy(),
+        novelty=obs[keys.novelty].to_numpy(dtype=float),
+        kind=obs[keys.answer_kind].astype(str).to_numpy(),
+    )
+
+
+def annotate_cellzoo(path: Path, model_dir: Path, tmp: Path, **options) -> Predictions:
+    """``runner.annotate.annotate`` of the h5ad at ``path`` (as users run it; ``options``: novelty_threshold,
+    backoff, species_map, ...), read back."""
+    out = tmp / "annotated.h5ad"
+    checks, run = split_options({"env_manager": "local", **options}, (CheckOptions, RunOptions))
+    annotate(path, str(model_dir), output=out, key_added=KEY, overwrite=True, checks=checks, run=run)
+    result = ad.read_h5ad(out)
+    out.unlink()
+    return cellzoo_predictions(result)
+
+
+def train_cellzoo(reference: Reference, work: Path, *, family: str) -> Annotator:
+    """Build ``family`` from the reference's recipe (:func:`cellzoo_recipe`) with ``model_zoo.build``, and
+    annotate with ``runner.annotate.annotate``."""
+    model_dir = build_model(cellzoo_recipe(reference, family), reference.paths, work)
 
     def annotate_query(query: QueryData, tmp: Path) -> dict[str, Predictions]:
-        out = tmp / "annotated.h5ad"
-        annotate(query.path, str(model_dir), output=out, key_added=KEY, overwrite=True, run=LOCAL)
-        result = ad.read_h5ad(out)
-        out.unlink()
-        probabilities = result.obsm[keys.probabilities]
-        top = probabilities.columns.to_numpy()[probabilities.to_numpy().argmax(axis=1)]
-        label = result.obs[keys.predicted].astype(str).to_numpy()
-        overlap = result.uns[KEY]["gene_overlap"]
-        genes = f"{overlap['present']}/{overlap['model_genes']}"
-        return {f"cellzoo {family}": Predictions(label, top, result.obs[keys.uncertainty].to_numpy(dtype=float), genes)}
+        options = {"species_map": True} if query.query.species != "human" else {}
+        return {f"cellzoo {family}": annotate_cellzoo(query.path, model_dir, tmp, **options)}
 
     return annotate_query
 
 
-def train_celltypist(reference: Reference, work: Path) -> Annotator:
-    """``celltypist.train`` on log1p CP10k of the reference (``CELLTYPIST`` settings); one ``annotate`` call
-    with ``majority_voting=True`` gives both rows (its ``predicted_labels`` are the call without voting)."""
-    import celltypist
-
+def celltypist_peer(reference: Reference, work: Path, *, majority_voting: bool) -> peers.CellTypist:
+    """``celltypist.train`` (``CELLTYPIST`` settings, its default solver) on log1p CP10k of the reference's
+    detected genes, in CellTypist's own environment."""
     detected = np.asarray(reference.cells.counts.sum(axis=0)).ravel() > 0  # CellTypist drops the others itself
     adata = log_cp10k(reference.cells.counts[:, detected], reference.cells.genes[detected])
-    model = celltypist.train(adata, labels=reference.cells.labels, **CELLTYPIST)
+    adata.obs["label"] = reference.cells.labels
+    peer = peers.CellTypist(work / "celltypist", train=CELLTYPIST, majority_voting=majority_voting, p_thres=THRESHOLD)
+    return peer.train(adata)
+
+
+def celltypist_predictions(table: pd.DataFrame, column: str, confidence: str) -> Predictions:
+    """A row of the tables from CellTypist's output: labels of ``column``, its probability ``confidence``,
+    and its own abstention (``prob match`` mode with ``p_thres``)."""
+    label = table[column].astype(str).to_numpy()
+    uncertainty = 1.0 - table[confidence].to_numpy(dtype=float)
+    abstained = peers.unassigned_by_p_thres(table["prob_match"].to_numpy())
+    return Predictions(label, label, uncertainty, str(table["genes"].iloc[0]), abstained=abstained)
+
+
+def train_celltypist(reference: Reference, work: Path, *, majority_voting: bool = True) -> Annotator:
+    """CellTypist (:func:`celltypist_peer`); ``celltypist.annotate`` in ``best match`` mode on log1p CP10k of
+    the query, with ``majority_voting`` (a second row; its ``predicted_labels`` are the run without voting)."""
+    peer = celltypist_peer(reference, work, majority_voting=majority_voting)
 
     def annotate_query(query: QueryData, tmp: Path) -> dict[str, Predictions]:
-        normalised = log_cp10k(query.counts.X, query.counts.var_names)
-        result = celltypist.annotate(normalised, model=model, majority_voting=True)
-        genes = f"{np.isin(model.features, normalised.var_names).sum()}/{len(model.features)}"
-        rows = {"CellTypist": "predicted_labels", "CellTypist + majority voting": "majority_voting"}
-        predictions = {}
-        for row, column in rows.items():  # CellTypist's conf_score: the probability of the label in `column`
-            obs = result.to_adata(insert_conf_by=column).obs
-            label = obs[column].astype(str).to_numpy()
-            predictions[row] = Predictions(label, label, 1.0 - obs["conf_score"].to_numpy(dtype=float), genes)
-        return predictions
+        table = peer.annotate({query.query.name: log_cp10k(query.counts.X, query.counts.var_names)})[query.query.name]
+        rows = {"CellTypist": celltypist_predictions(table, "predicted_labels", "conf_score")}
+        if majority_voting:
+            rows["CellTypist + majority voting"] = celltypist_predictions(table, "majority_voting", "conf_score_voting")
+        return rows
 
     return annotate_query
 
@@ -303,6 +384,7 @@ def train_scarches(reference: Reference, work: Path) -> Annotator:
         enable_progress_bar=False,
     )
     hvgs = adata.var_names
+    reference_latent = model.get_latent_representation()
     model_dir = work / "scarches_reference"
     model.save(str(model_dir), overwrite=True)
 
@@ -320,9 +402,29 @@ def train_scarches(reference: Reference, work: Path) -> Annotator:
         soft = mapped.predict(soft=True)
         top = soft.columns.to_numpy()[soft.to_numpy().argmax(axis=1)].astype(str)
         genes = f"{hvgs.isin(query.counts.var_names).sum()}/{len(hvgs)}"
-        return {"scArches scANVI": Predictions(top, top, 1.0 - soft.to_numpy().max(axis=1), genes)}
+        knn_label, knn_uncertainty = weighted_knn(reference_latent, cells.labels, mapped.get_latent_representation())
+        return {
+            "scArches scANVI": Predictions(top, top, 1.0 - soft.to_numpy().max(axis=1), genes),
+            "scArches scANVI kNN": Predictions(knn_label, knn_label, knn_uncertainty, genes),
+        }
 
     return annotate_query
+
+
+def weighted_knn(reference: np.ndarray, labels: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """scArches' weighted kNN label transfer (``scarches.utils.knn.weighted_knn_transfer``, as the HLCA maps
+    queries): the ``KNN_NEIGHBORS`` nearest reference cells in the latent space, Gaussian weights scaled by
+    each cell's distances; the label of the largest weight, uncertainty 1 - that weight."""
+    from sklearn.neighbors import NearestNeighbors
+
+    distances, indices = NearestNeighbors(n_neighbors=KNN_NEIGHBORS).fit(reference).kneighbors(query)
+    scale = (2.0 / np.maximum(distances.std(axis=1, keepdims=True), 1e-12)) ** 2
+    weights = np.exp(-distances / scale)
+    weights /= weights.sum(axis=1, keepdims=True)
+    classes, codes = np.unique(np.asarray(labels).astype(str), return_inverse=True)
+    votes = np.zeros((len(query), len(classes)))
+    np.add.at(votes, (np.repeat(np.arange(len(query)), KNN_NEIGHBORS), codes[indices].ravel()), weights.ravel())
+    return classes[votes.argmax(axis=1)], 1.0 - votes.max(axis=1)
 
 
 @dataclass(frozen=True)
@@ -331,44 +433,66 @@ class Method:
     rows: tuple[str, ...]  # the table rows it produces
     train: Callable[[Reference, Path], Annotator]
     cellzoo: bool
-    requires: str | None = None  # a package it needs that is not a cellzoo dependency
 
 
 METHODS = (
     *(Method(f, (f"cellzoo {f}",), partial(train_cellzoo, family=f), True) for f in ("linear", "xgboost", "scanvi")),
-    Method("celltypist", ("CellTypist", "CellTypist + majority voting"), train_celltypist, False, "celltypist"),
+    Method("celltypist", ("CellTypist", "CellTypist + majority voting"), train_celltypist, False),
     Method("ingest", ("scanpy ingest",), train_ingest, False),
-    Method("scarches", ("scArches scANVI",), train_scarches, False),
+    Method("scarches", ("scArches scANVI", "scArches scANVI kNN"), train_scarches, False),
 )
 
 
 # ---- scoring ----
 
 
-def score(predictions: Predictions, truth: np.ndarray, terms: dict[str, str]) -> dict:
-    """Accuracy (Unassigned = wrong), on assigned cells, exact, macro-F1, ECE and the Unassigned rate.
+def answer_terms(predictions: Predictions, terms: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """The ontology ids of the reported labels and of the most probable labels ('' for 'Unassigned')."""
+    term, top = predictions.terms, predictions.top_terms
+    term = term if term is not None else np.array([terms.get(x, "") for x in predictions.label])
+    return term, top if top is not None else np.array([terms.get(x, "") for x in predictions.top_label])
 
-    Exact accuracy (the predicted label's ontology id equals the truth's) is given only when every truth
-    term is one of the reference's terms; otherwise (None) the label sets are not comparable.
+
+def correctness(term: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Right at the ontology level, cell by cell (``model_zoo.metrics.ontology_match``; '' is wrong)."""
+    return np.array([ontology_match(str(p), str(t)) for p, t in zip(term, truth, strict=True)], dtype=bool)
+
+
+def answer_depth(term: np.ndarray) -> float | None:
+    """Mean depth of the answers given (their number of Cell Ontology ancestors, itself included)."""
+    given = [t for t in term if t]
+    return float(np.mean([len(term_lineage(str(t))) for t in given])) if given else None
+
+
+def score(predictions: Predictions, truth: np.ndarray, terms: dict[str, str], *, exact_always: bool = False) -> dict:
+    """Accuracy (Unassigned = wrong), on assigned cells, exact, macro-F1, ECE, the Unassigned rate, and how
+    specific the answers are (share answered with the finest class, mean depth), recall per truth term.
+
+    Exact accuracy (the most probable label's ontology id equals the truth's) is given only when every truth
+    term is one of the reference's terms, or with ``exact_always``; otherwise (None) the label sets are not
+    comparable.
     """
-    term = np.array([terms.get(label, "") for label in predictions.label])
-    correct = np.array([ontology_match(p, t) for p, t in zip(term, truth, strict=True)])
+    term, top_term = answer_terms(predictions, terms)
+    correct = correctness(term, truth)
     assigned = predictions.label != UNASSIGNED
-    comparable = set(truth) <= set(terms.values())
+    comparable = exact_always or set(truth) <= set(terms.values())
     labels, counts = np.unique(predictions.label, return_counts=True)
+    finest = predictions.kind == "finest" if predictions.kind is not None else assigned
     scores = {
         "genes": predictions.genes,
         "commonest": (str(labels[counts.argmax()]), float(counts.max() / counts.sum())),
         "accuracy": float(correct.mean()),
         "accuracy_assigned": float(correct[assigned].mean()) if assigned.any() else None,
-        "exact": float(np.mean(term == truth)) if comparable else None,
+        "exact": float(np.mean(top_term == truth)) if comparable else None,
         "macro_f1": ontology_macro_f1(term, truth),
         "ece": None,
         "unassigned": float(1 - assigned.mean()),
+        "finest": float(np.mean(finest)),
+        "depth": answer_depth(term),
+        "recall": {str(t): float(correct[truth == t].mean()) for t in np.unique(truth)},
     }
     if predictions.uncertainty is not None:
-        top_term = [terms[label] for label in predictions.top_label]
-        top_correct = np.array([ontology_match(p, t) for p, t in zip(top_term, truth, strict=True)])
+        top_correct = correctness(top_term, truth)
         scores["ece"] = expected_calibration_error(1.0 - predictions.uncertainty, top_correct, N_BINS)
         scores["reliability"] = (1.0 - predictions.uncertainty, top_correct)
     return scores
@@ -403,50 +527,63 @@ class Results:
     skipped: list[str]  # methods not run, and why
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """One method's predictions on one query: a row of the tables."""
+
+    query: QueryData
+    method: str  # the row
+    cellzoo: bool
+    predictions: Predictions
+    train_s: float
+    annotate_s: float
+
+
+def apply_method(
+    method: Method, reference: Reference, queries: list[QueryData], folder: Path, skipped: list[str]
+) -> list[Outcome]:
+    """Train ``method`` on ``reference`` in ``folder`` and annotate each query; a query that `annotate`
+    refuses (what a user would get) is noted in ``skipped``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    annotator = method.train(reference, folder)
+    train_seconds = time.perf_counter() - start
+    trained_on = f"without {reference.held_out}" if reference.held_out else "all classes"
+    logger.info("%s, %s (%s): trained in %.0f s", reference.task.name, method.key, trained_on, train_seconds)
+    outcomes = []
+    for query in queries:
+        start = time.perf_counter()
+        try:
+            predictions = annotator(query, folder)
+        except CellzooError as err:
+            skipped.append(f"{method.key} ({trained_on}) on {query.query.name}: {str(err).rstrip('.')}")
+            continue
+        seconds = time.perf_counter() - start
+        outcomes += [
+            Outcome(query, row, method.cellzoo, prediction, train_seconds, seconds)
+            for row, prediction in predictions.items()
+        ]
+    return outcomes
+
+
 def run(tasks: list[Task], methods: tuple[Method, ...], data: Path, work: Path) -> Results:
     """Train every method on each task's reference, and again without its held-out class; annotate and score."""
     results = Results([], [], [])
-    for method in methods:
-        if method.requires and importlib.util.find_spec(method.requires) is None:
-            results.skipped.append(f"{', '.join(method.rows)}: `{method.requires}` is not installed")
-    available = [m for m in methods if not (m.requires and importlib.util.find_spec(m.requires) is None)]
     for task in tasks:
         queries = None
         for held_out in (None, task.held_out):
             reference = load_reference(task, data, held_out)
             queries = queries or [load_query(q, data, reference) for q in task.queries]
-            for method in available:
+            for method in methods:
                 folder = work / f"{task.references[0].split('/')[0]}-{method.key}-{held_out or 'all'}"
-                folder.mkdir(parents=True)
-                start = time.perf_counter()
-                annotator = method.train(reference, folder)
-                train_seconds = time.perf_counter() - start
-                logger.info(
-                    "%s, %s (without %s): trained in %.0f s",
-                    task.name,
-                    method.key,
-                    held_out or "nothing",
-                    train_seconds,
-                )
-                for query in queries:
-                    start = time.perf_counter()
-                    try:
-                        predictions = annotator(query, folder)
-                    except CellzooError as err:  # `annotate` refused the query: what a user would get
-                        trained_on = f"without {held_out}" if held_out else "all classes"
-                        results.skipped.append(
-                            f"{method.key} ({trained_on}) on {query.query.name}: {str(err).rstrip('.')}"
-                        )
-                        continue
-                    seconds = time.perf_counter() - start
-                    for row, prediction in predictions.items():
-                        record = {"query": query.query.name, "method": row, "cellzoo": method.cellzoo}
-                        if held_out is None:
-                            scores = score(prediction, query.truth, reference.terms)
-                            results.scores.append(record | scores | {"train_s": train_seconds, "annotate_s": seconds})
-                        else:
-                            ood = score_ood(prediction, query.truth, reference.terms[held_out])
-                            results.ood.append(record | {"held_out": held_out} | ood)
+                for out in apply_method(method, reference, queries, folder, results.skipped):
+                    record = {"query": out.query.query.name, "method": out.method, "cellzoo": out.cellzoo}
+                    if held_out is None:
+                        scores = score(out.predictions, out.query.truth, reference.terms)
+                        results.scores.append(record | scores | {"train_s": out.train_s, "annotate_s": out.annotate_s})
+                    else:
+                        ood = score_ood(out.predictions, out.query.truth, reference.terms[held_out])
+                        results.ood.append(record | {"held_out": held_out} | ood)
     order = [q.name for task in tasks for q in task.queries]
     for rows in (results.scores, results.ood):
         rows.sort(key=lambda r: order.index(r["query"]))  # stable: methods stay in their order per query
@@ -600,7 +737,7 @@ def plot(results: Results, out: Path) -> list[str]:
 
 
 def environment() -> dict[str, str]:
-    packages = ["cellzoo", "celltypist", "scanpy", "scvi-tools", "xgboost", "torch", "scikit-learn", "anndata"]
+    packages = ["cellzoo", "scanpy", "scvi-tools", "xgboost", "torch", "scikit-learn", "anndata"]
     versions = {name: package_version(name) for name in [*packages, "mlflow"]}
     try:
         git = ["git", "-C", str(ROOT)]
@@ -646,13 +783,13 @@ GENCODE table, as `annotate` does), CellBench Drop-seq and CEL-seq2 3-line mixtu
   with each recipe's parameters and the family set in a copy of the recipe; annotated by
   `runner.annotate.annotate` (`annotate`, in-process, `--unassigned-threshold {THRESHOLD}`). Confidence:
   1 - the reported uncertainty.
-- **CellTypist** {package_version("celltypist", SKIPPED)}: `celltypist.train` on log1p CP10k of the reference's
-  detected genes with `feature_selection=True, top_genes=300` (as the linear family), `use_SGD=True`,
-  `random_state=0`, otherwise defaults (scaled input, `alpha=1e-4`). `use_SGD=True` because celltypist
-  1.7.1's default `LogisticRegression(multi_class="ovr")` fails with scikit-learn
-  {package_version("scikit-learn", SKIPPED)}, which no longer accepts `multi_class`; its SGD logistic regression is
-  also one-vs-rest, the mode CellTypist offers for large references. `celltypist.annotate` on log1p CP10k of
-  the query in `best match` mode, one call with `majority_voting=True` (its own over-clustering): the
+- **CellTypist** {peers.celltypist_version()}: `celltypist.train` on log1p CP10k of the reference's
+  detected genes with `feature_selection=True, top_genes=300` (as the linear family), `random_state=0`,
+  otherwise its defaults: the lbfgs `LogisticRegression` CellTypist's users get (scaled input, `C=1.0`).
+  celltypist 1.7.1's default solver fails with scikit-learn >= 1.8 (cellzoo's environment has
+  {package_version("scikit-learn")}), so it runs in its own virtualenv (`benchmarks/peers.py`: celltypist
+  1.7.1 + scikit-learn 1.7.2, created once), fed h5ad files and read back as CSV. `celltypist.annotate` on
+  log1p CP10k of the query in `best match` mode, one call with `majority_voting=True` (its own over-clustering): the
   `predicted_labels` column is the run without voting, `majority_voting` the run with it. Confidence:
   CellTypist's `conf_score` (`to_adata(insert_conf_by=...)`: the probability of the predicted label, or
   with voting of the voted label).
@@ -669,7 +806,9 @@ GENCODE table, as `annotate` does), CellBench Drop-seq and CEL-seq2 3-line mixtu
   each query: `prepare_query_anndata` (missing genes as zeros), `load_query_data`,
   `train(max_epochs={SCARCHES_TRAIN["query_epochs"]}, plan_kwargs=dict(weight_decay=0.0),
   check_val_every_n_epoch={SCARCHES_TRAIN["check_val_every_n_epoch"]})` (the full 100 epochs, not capped), and
-  `predict(soft=True)`: the label of the highest probability, confidence that probability.
+  `predict(soft=True)`: the label of the highest probability, confidence that probability. **scArches scANVI
+  kNN**: the same mapped latent space, labels and uncertainty by scArches' weighted kNN transfer (k={KNN_NEIGHBORS},
+  as the HLCA maps queries).
 
 ### Scoring rules
 - **Ontology accuracy**: a prediction is right when its ontology id (Cell Ontology; Cellosaurus for the
@@ -716,17 +855,23 @@ GENCODE table, as `annotate` does), CellBench Drop-seq and CEL-seq2 3-line mixtu
 """
 
 
+def quiet_logs() -> None:
+    """The benchmarks' progress lines, without the libraries' warnings."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    for name in ("benchmarks.accuracy", "benchmarks.peers", "benchmarks.lung", "benchmarks.novelty"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    for noisy in ("scvi", "lightning", "lightning.pytorch", "model_zoo", "runner"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(prog="benchmarks/accuracy.py", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
     parser.add_argument("--docs-dir", type=Path, default=DEFAULT_OUT, help="folder for accuracy.md and the plots")
     parser.add_argument("--quick", action="store_true", help="the lung cell lines only")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logger.setLevel(logging.INFO)
-    for noisy in ("scvi", "lightning", "lightning.pytorch", "celltypist", "model_zoo", "runner"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    quiet_logs()
     command = " ".join(["python benchmarks/accuracy.py", *(argv if argv is not None else sys.argv[1:])])
     start, load_start, env = time.perf_counter(), os.getloadavg()[0], environment()  # before anything is written
     with tempfile.TemporaryDirectory(prefix="cellzoo-accuracy-") as tmp:

@@ -1,11 +1,12 @@
-"""Reproduce docs/benchmarks.md: the accuracy benchmark against the peers, then the scale benchmark.
+"""Reproduce docs/benchmarks.md: accuracy against the peers, the lung pair, novelty, then scale.
 
-    python benchmarks/run.py                      # everything (about an hour on 2 cores; see the document)
+    python benchmarks/run.py                      # everything (several hours on 2 shared cores; see each part)
     python benchmarks/run.py --only accuracy      # one part; the other part's last fragment is kept
     python benchmarks/run.py --quick              # small settings, for development (writes to /tmp)
     python benchmarks/run.py --join               # only join the fragments into docs/benchmarks.md
 
-Each part writes its fragment and plots to ``docs/benchmarks/`` (``accuracy.md``, ``scale.md``) and
+Each part writes its fragment and plots to ``docs/benchmarks/`` (``accuracy.md``, ``lung.md``, ``novelty.md``,
+``scale.md``) and
 this script joins the fragments into ``docs/benchmarks.md``. Options after ``--`` go to the parts.
 """
 
@@ -18,19 +19,25 @@ from pathlib import Path
 if not __package__:  # run as a script (python benchmarks/run.py): make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import accuracy, scale
+from benchmarks import accuracy, lung, novelty, scale
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-PARTS = {"accuracy": accuracy.main, "scale": scale.main}
+PARTS = {"accuracy": accuracy.main, "lung": lung.main, "novelty": novelty.main, "scale": scale.main}
 HEADER = """# Benchmarks
 
 Reproduce every table here with `python benchmarks/run.py` from the repository root, after the README's
-install with the benchmark extra (CellTypist): `pip install -e ".[test,bench]" -c constraints.txt`. Each
+install with the benchmark extra (CellTypist, for the scale part): `pip install -e ".[test,bench]" -c
+constraints.txt`. The accuracy, lung and novelty parts run CellTypist with its default solver in its own
+virtualenv (celltypist 1.7.1 needs scikit-learn < 1.8), created on first use by `benchmarks/peers.py`. Each
 part names its machine, versions and settings. Plots are in `docs/benchmarks/`.
 
 - [Accuracy against the peers](#accuracy-against-the-peers): {accuracy}
+- [Lung: leave one study out, back-off, cap & fill](#lung-leave-one-study-out-back-off-cap--fill): {lung}
+- [Novelty: types, tissues and species the model never saw][novelty]: {novelty}
 - [Scale and speed](#scale-and-speed): {scale}
+
+[novelty]: #novelty-types-tissues-and-species-the-model-never-saw
 """
 
 
