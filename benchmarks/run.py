@@ -19,11 +19,18 @@ from pathlib import Path
 if not __package__:  # run as a script (python benchmarks/run.py): make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import accuracy, lung, novelty, scale
+from benchmarks import accuracy, lung, lung_panel, novelty, placement, scale
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-PARTS = {"accuracy": accuracy.main, "lung": lung.main, "novelty": novelty.main, "scale": scale.main}
+PARTS = {
+    "accuracy": accuracy.main,
+    "lung": lung.main,
+    "lung_panel": lung_panel.main,
+    "novelty": novelty.main,
+    "placement": placement.main,
+    "scale": scale.main,
+}
 HEADER = """# Benchmarks
 
 Reproduce every table here with `python benchmarks/run.py` from the repository root, after the README's
@@ -34,7 +41,9 @@ part names its machine, versions and settings. Plots are in `docs/benchmarks/`.
 
 - [Accuracy against the peers](#accuracy-against-the-peers): {accuracy}
 - [Lung: leave one study out, back-off, cap & fill](#lung-leave-one-study-out-back-off-cap--fill): {lung}
+- [A targeted lung panel](#a-targeted-lung-panel): {lung_panel}
 - [Novelty: types, tissues and species the model never saw][novelty]: {novelty}
+- [Placement on the reference map](#placement-on-the-reference-map): {placement}
 - [Scale and speed](#scale-and-speed): {scale}
 
 [novelty]: #novelty-types-tissues-and-species-the-model-never-saw

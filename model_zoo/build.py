@@ -226,7 +226,7 @@ def evaluate_query(model, model_genes: np.ndarray, path: Path, spec: dict) -> di
     frame = frame.T.groupby(level=0).sum().T  # genes named twice are summed, as the runner sums them
     # the signature names the model's genes alone (MLflow would drop the other columns): each cell's total
     # over all its genes goes beside them
-    totals = frame.sum(axis=1)
+    totals = frame.loc[:, ~novelty.technical(frame.columns)].sum(axis=1)  # as the runner totals for the novelty
     frame = frame[[g for g in model_genes if g in frame.columns]].assign(**{contract.TOTAL_COUNTS: totals})
     out = model.predict(frame)
     truth = np.array([spec["labels"][label] for label in query.labels])
