@@ -24,7 +24,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -41,14 +40,13 @@ import yaml
 
 from model_zoo import contract, novelty
 from model_zoo.card import render_card
+from model_zoo.family import FAMILIES, FamilyError, load_family
 from model_zoo.metrics import expected_calibration_error, ontology_match
 from model_zoo.pyfunc_io import python_model_predict
 
 logger = logging.getLogger(__name__)
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
-# family name -> package with train.train, train.UNCERTAINTY, train.STORES and pyfunc.save_model
-FAMILIES = {"linear": "model_zoo.linear", "xgboost": "model_zoo.xgboost", "scanvi": "model_zoo.scanvi"}
 INTEGER_TOLERANCE = 1e-3  # how far from an integer an inverted log value may be (float32 rounding)
 COUNT_CHECK_VALUES = 2_000_000
 TIMING_CELLS = 10_000  # annotation time reported in the card: per this many cells
@@ -378,8 +376,10 @@ def build(
     """
     recipe, recipe_path = load_recipe(recipe_ref)
     recipe["params"] = {**(recipe.get("params") or {}), **(overrides or {})}
-    family = importlib.import_module(FAMILIES[recipe["family"]] + ".train")
-    pyfunc = importlib.import_module(FAMILIES[recipe["family"]] + ".pyfunc")
+    try:
+        family = load_family(recipe["family"])
+    except FamilyError as err:
+        raise BuildError(str(err)) from err
     ref = recipe["reference"]
     reference, batch, labels_table, notes = prepare_reference(recipe, references)
     if genes_from is not None:
@@ -388,7 +388,7 @@ def build(
         logger.info("panel-exact: %d of the panel's genes in the reference", notes["panel"]["genes_used"])
     counts, genes, labels = reference.counts, reference.genes, reference.labels
     logger.info("reference: %d cells, %d genes, %d classes", *counts.shape, len(set(labels)))
-    trained, report = family.train(counts, genes, labels, recipe["params"], batch=batch)
+    trained, report = family.train.train(counts, genes, labels, recipe["params"], batch=batch)
 
     target = out_dir / f"{recipe['name']}-{recipe['version']}"
     if target.exists():
@@ -407,11 +407,11 @@ def build(
         "n_genes": len(trained.genes),
         "labels": {c: labels_table[c] for c in trained.classes},
         "input": "raw counts (non-negative integers), cells x model genes, in the order of genes.txt",
-        "uncertainty": family.UNCERTAINTY,
+        "uncertainty": family.uncertainty,
         "novelty": NOVELTY_NOTE,
         "cell_totals_exclude": novelty.TECHNICAL,  # the genes the runner leaves out of params['cell_totals']
-        "query_mapping": getattr(family, "QUERY_MAPPING", "per_cell"),
-        "stores": family.STORES,
+        "query_mapping": family.query_mapping,
+        "stores": family.stores,
         "training_reference": {
             "files": [{"file": p.name, "sha256": sha256_file(p)} for p in references],
             "source_url": ref.get("source_url", ""),
@@ -433,7 +433,7 @@ def build(
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{target.name}.") as tmp:
         staging = Path(tmp) / target.name
-        pyfunc.save_model(staging, trained, metadata["labels"], metadata)
+        family.pyfunc.save_model(staging, trained, metadata["labels"], metadata)
         save_reference_summary(staging, trained, counts, genes, labels)
         metadata["metrics"] |= _evaluate(staging, trained.genes, references, recipe, timing_cells)
         _rewrite_metadata(staging, metadata)

