@@ -389,8 +389,8 @@ def goal_lines(loco_rows: list[dict], cross_rows: list[dict], in_rows: list[dict
         ece = "no worse" if r["ece_on"] <= r["ece_off"] + 1e-9 else "**worse**"
         lines.append(
             f"- {r['query']}: {r['newly']:.1%} newly `Unassigned` by the novelty score (goal <= {GOAL_NEWLY:.0%}: "
-            f"{'met' if met else '**not met**'}); ECE of the answered cells {r['ece_off']:.3f} -> "
-            f"{r['ece_on']:.3f} ({ece})."
+            f"{'met' if met else '**not met**'}); ECE of the answered cells {r['ece_off']:.4f} -> "
+            f"{r['ece_on']:.4f} ({ece})."
         )
     return "\n".join(lines)
 
