@@ -10,6 +10,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Self
 
 import requests
 
@@ -22,7 +23,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class ArchiveServer:
+class ThreadedServer:
+    """A test HTTP server on 127.0.0.1, served by a thread while its ``with`` block runs (``httpd``, ``thread``)."""
+
+    httpd: ThreadingHTTPServer
+    thread: threading.Thread
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class ArchiveServer(ThreadedServer):
     """Serves the files of ``root`` at ``/MODE/NAME``, honouring ``Range: bytes=N-`` requests.
 
     Modes: ``ok``; ``drop`` (the first full request of each file sends half and closes the
@@ -46,14 +62,6 @@ class ArchiveServer:
 
     def gets(self, path_part: str) -> int:
         return sum(path_part in path for path, _ in self.requests)
-
-    def __enter__(self) -> ArchiveServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -156,7 +164,7 @@ class MlflowServer:
                 self.process.wait()
 
 
-class FaultyServer:
+class FaultyServer(ThreadedServer):
     """Serves one file (``data``) at ``/BEHAVIOUR`` the way a broken or hostile server would.
 
     Behaviours: ``ok``; ``huge`` (the file, then junk without end, no Content-Length); ``huge-declared``
@@ -178,14 +186,6 @@ class FaultyServer:
 
     def url(self, behaviour: str) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/{behaviour}"
-
-    def __enter__(self) -> FaultyServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
