@@ -36,8 +36,11 @@ def install() -> dict:
 
 
 def restore(handlers: dict) -> None:
+    """Put back the handlers :func:`install` replaced, and forget the signals received: a later run in this
+    process (the Python API, a test) must not be stopped by a signal that ended an earlier one."""
     for signum, handler in handlers.items():
         signal.signal(signum, handler)
+    _received.clear()
 
 
 def check() -> None:

@@ -30,6 +30,7 @@ def predictions(path: Path, out: Path, **options) -> pd.DataFrame:
     result = ad.read_h5ad(out)
     frame = probabilities(result, "pbmc")
     frame["label"] = result.obs["pbmc_predicted"].astype(str)
+    frame["finest"] = result.obs["pbmc_finest"].astype(str)
     return frame
 
 
@@ -38,7 +39,8 @@ def assert_same(got: pd.DataFrame, expected: pd.DataFrame) -> None:
     assert set(got.index) == set(expected.index)
     got = got.loc[expected.index]
     assert (got["label"] == expected["label"]).all()
-    np.testing.assert_allclose(got.drop(columns="label"), expected.drop(columns="label"), atol=1e-5)
+    labels = ["label", "finest"]
+    np.testing.assert_allclose(got.drop(columns=labels), expected.drop(columns=labels), atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -202,8 +204,9 @@ def test_species_map_annotates_mouse_spelled_genes_like_the_human_ones(kang_from
     refused = run_cli("annotate", str(path), "-m", "pbmc", "-o", str(tmp_path / "no.h5ad"))
     assert refused.returncode == 1 and "look mouse" in refused.stderr and "--species-map" in refused.stderr
     mapped = predictions(path, tmp_path / "yes.h5ad", species_map=True)
-    agreement = float((mapped.loc[kang_from_h5ad.index, "label"] == kang_from_h5ad["label"]).mean())
-    assert agreement >= 0.9, agreement  # 0.943 measured: genes without a same-name ortholog are lost
+    # the finest guesses (the answers also move with the novelty score, which the lost genes shift)
+    agreement = float((mapped.loc[kang_from_h5ad.index, "finest"] == kang_from_h5ad["finest"]).mean())
+    assert agreement >= 0.9, agreement  # genes without a same-name ortholog are lost
 
 
 def test_onek1k_overlap_before_and_after_mapping(tmp_path):

@@ -107,10 +107,11 @@ def test_predicting_with_the_zoo_model_needs_no_scikit_learn(tmp_path):
     model = unpack_zoo_model(PBMC_ARCHIVE.stem, tmp_path / "pbmc")
     code = f"""
 import sys, mlflow.pyfunc, numpy as np, scipy.sparse as sp
+from runner.invoke import call_predict  # the runner's path: CSR counts in the model's gene order
 model = mlflow.pyfunc.load_model({str(model)!r})
 n_genes = len(open({str(model / "artifacts" / "genes.txt")!r}).read().split())
 counts = sp.random(50, n_genes, density=0.3, format="csr", random_state=0) * 10
-out = model.predict(counts.floor())
+out = call_predict(model, counts.floor(), None)
 assert len(out) == 50 and {{"umap:0", "umap:1"}} <= set(out.columns)
 print(sorted(m for m in sys.modules if m.split(".")[0] == "sklearn"))
 """

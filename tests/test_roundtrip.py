@@ -105,6 +105,8 @@ def test_pyfunc_takes_a_gene_column_dataframe_like_serve_sends(example_copy):
     """mlflow.pyfunc.load_model(...).predict(df) on gene columns equals the runner's CSR path."""
     import mlflow
 
+    from model_zoo.novelty import TECHNICAL
+    from runner.invoke import call_predict
     from runner.resolve import resolve_model_ref
 
     model_dir = resolve_model_ref("pbmc").path
@@ -113,9 +115,10 @@ def test_pyfunc_takes_a_gene_column_dataframe_like_serve_sends(example_copy):
     genes = np.array((model_dir / "artifacts" / "genes.txt").read_text().split())
     shared = [g for g in genes if g in query.var_names]
     frame = pd.DataFrame(query[:, shared].X.toarray(), columns=shared)
-    from_frame = model.predict(frame)
+    from_frame = model.predict(frame)  # MLflow's own path: the signature's columns
     csr = sp.csr_matrix(pd.DataFrame(frame).reindex(columns=genes, fill_value=0).to_numpy())
-    from_csr = model.predict(csr, params={"genes_present": shared})
+    totals = frame.loc[:, ~frame.columns.str.contains(TECHNICAL)].sum(axis=1).to_numpy()
+    from_csr = call_predict(model, csr, {"genes_present": shared, "cell_totals": totals})  # the runner's path
     assert list(from_frame.columns[:3]) == ["label", "uncertainty", "ontology_term_id"]
     assert any(c.startswith("prob:") for c in from_frame) and "umap:1" in from_frame and "emb:49" in from_frame
     pd.testing.assert_frame_equal(from_frame, from_csr)
