@@ -139,7 +139,6 @@ def answers(
         ]
     names = np.array([n["name"] for n in nodes] + [UNASSIGNED], dtype=object)
     ids = np.array([n["ontology_term_id"] for n in nodes] + [""], dtype=object)
-    single = np.array([len(n["classes"]) == 1 for n in nodes])
     summed = probabilities @ _membership([n["classes"] for n in nodes], n_classes)
     # the candidate with the fewest classes among those that reach the probability, the more probable of
     # equals (sizes are whole numbers and probabilities within [0, 1], so -2 x size + probability orders both)
@@ -149,7 +148,7 @@ def answers(
     passing = reaches[np.arange(n_cells), best]
     probability = np.where(passing, summed[np.arange(n_cells), best], probabilities.max(axis=1))
     choice = np.where(passing & ~novel, best, len(nodes))
-    kind = np.where(single[best], FINEST, COARSER).astype(object)
+    kind = np.where(size[best] == 1, FINEST, COARSER).astype(object)
     kind[~passing] = UNCERTAIN
     kind[novel] = NOVEL
     return names[choice], ids[choice], probability, kind

@@ -153,8 +153,8 @@ class Alignment:
         (``counts @ matching`` is each cell's count in those genes)."""
         names = self.names if self.names is not None else pd.Index([])
         if id_type(names) == ENSEMBL:
-            species = MOUSE if any(str(n).startswith("ENSMUSG") for n in names[:100]) else HUMAN
-            names = translate(names, SYMBOL, species)
+            species = detect_species(names).name
+            names = translate(names, SYMBOL, species if species in SPECIES_TABLES else HUMAN)
         return np.asarray(names.astype(str).str.contains(pattern, regex=True), dtype=np.float64)
 
     @property
