@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,22 @@ def annotate_file(path, model: str, *, read_options=None, **options):
     direct = {k: options.pop(k) for k in ("output", "table", "key_added", "overwrite") if k in options}
     checks, run, source = split_options(options, (CheckOptions, RunOptions, ModelOptions))
     return annotate(path, model, read=read_options, checks=checks, run=run, source=source, **direct)
+
+
+def start_slow_pull(archive_server, cache: Path, seconds: float, min_bytes: int = -1) -> subprocess.Popen:
+    """`cellzoo models pull` of the zoo's pbmc archive, served slowly (``seconds``), as a running process,
+    returned once its partial download exists with more than ``min_bytes`` (or after 60 s)."""
+    archive_server.slow_seconds = seconds
+    pinned = sha256(PBMC_ARCHIVE)
+    ref = f"{archive_server.url('slow', PBMC_ARCHIVE.name)}#sha256={pinned}"
+    pull = subprocess.Popen(
+        [str(BIN / "cellzoo"), "models", "pull", ref], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    partial = cache / "downloads" / pinned / "archive.zip"
+    deadline = time.monotonic() + 60
+    while not (partial.exists() and partial.stat().st_size > min_bytes) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pull
 
 
 def expect_clean(action):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import time
 
 import pytest
 
@@ -11,7 +10,7 @@ from runner import cache
 from runner.errors import ModelError
 from runner.resolve import resolve_model_ref
 from tests import corpus
-from tests.conftest import BIN, PBMC_ARCHIVE, assert_cache_clean, expect_clean, run_cli, sha256
+from tests.conftest import PBMC_ARCHIVE, assert_cache_clean, expect_clean, run_cli, sha256, start_slow_pull
 
 PBMC_SHA = sha256(PBMC_ARCHIVE)
 
@@ -43,15 +42,7 @@ def test_verify_and_clean_leave_a_users_folder_alone(model_cache):
 
 
 def test_clean_during_a_download_skips_it_and_the_download_completes(archive_server, model_cache):
-    archive_server.slow_seconds = 4.0
-    ref = f"{archive_server.url('slow', PBMC_ARCHIVE.name)}#sha256={PBMC_SHA}"
-    pull = subprocess.Popen(
-        [str(BIN / "cellzoo"), "models", "pull", ref], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    partial = model_cache / "downloads" / PBMC_SHA / "archive.zip"
-    deadline = time.monotonic() + 60
-    while not partial.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    pull = start_slow_pull(archive_server, model_cache, 4.0)
     assert cache.clean()[1] == 1  # the download in progress was skipped, not pulled from under it
     _, stderr = pull.communicate(timeout=120)
     assert pull.returncode == 0 and "Traceback" not in stderr, stderr

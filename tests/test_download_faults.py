@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import time
 
 import pytest
 
@@ -12,7 +10,7 @@ from runner import cache
 from runner.download import download
 from runner.errors import ModelError, UsageError
 from tests import corpus
-from tests.conftest import BIN, PBMC_ARCHIVE, assert_cache_clean, expect_clean, sha256
+from tests.conftest import PBMC_ARCHIVE, assert_cache_clean, expect_clean, sha256, start_slow_pull
 from tests.servers import FaultyServer
 
 PBMC_SHA = sha256(PBMC_ARCHIVE)
@@ -81,21 +79,13 @@ def test_malformed_http_settings_are_bad_usage(name, value, monkeypatch, tmp_pat
 def test_an_interrupted_download_is_resumed_by_the_next_run(how, archive_server, model_cache):
     """SIGTERM (exit 143, one line) or kill -9 during a download: the part held is resumed, not lost nor
     left for ever; the model is then cached whole."""
-    archive_server.slow_seconds = 6.0
-    ref = f"{archive_server.url('slow', PBMC_ARCHIVE.name)}#sha256={PBMC_SHA}"
-    proc = subprocess.Popen(
-        [str(BIN / "cellzoo"), "models", "pull", ref], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    partial = model_cache / "downloads" / PBMC_SHA / "archive.zip"
-    deadline = time.monotonic() + 60
-    while not (partial.exists() and partial.stat().st_size > SIZE // 5) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    proc = start_slow_pull(archive_server, model_cache, 6.0, SIZE // 5)
     proc.send_signal(how)
     _, stderr = proc.communicate(timeout=60)
     if how == signal.SIGTERM:
         assert proc.returncode == 143 and stderr.strip().splitlines()[-1].startswith("error: stopped by SIGTERM")
         assert "Traceback" not in stderr
-    held = partial.stat().st_size
+    held = (model_cache / "downloads" / PBMC_SHA / "archive.zip").stat().st_size
     assert 0 < held < SIZE
     error = expect_clean(lambda: cache.fetch_model(archive_server.url("ok", PBMC_ARCHIVE.name), PBMC_SHA, size=SIZE))
     assert error is None and archive_server.requests[-1][1] == f"bytes={held}-"
