@@ -276,15 +276,20 @@ def cellzoo_predictions(result: ad.AnnData, key: str = KEY) -> Predictions:
     )
 
 
-def annotate_cellzoo(path: Path, model_dir: Path, tmp: Path, **options) -> Predictions:
+def annotated_by_cellzoo(path: Path, model_dir: Path, tmp: Path, **options) -> ad.AnnData:
     """``runner.annotate.annotate`` of the h5ad at ``path`` (as users run it; ``options``: novelty_threshold,
-    backoff, species_map, ...), read back."""
+    backoff, species_map, majority_voting, ...), read back."""
     out = tmp / "annotated.h5ad"
     checks, run = split_options({"env_manager": "local", **options}, (CheckOptions, RunOptions))
     annotate(path, str(model_dir), output=out, key_added=KEY, overwrite=True, checks=checks, run=run)
     result = ad.read_h5ad(out)
     out.unlink()
-    return cellzoo_predictions(result)
+    return result
+
+
+def annotate_cellzoo(path: Path, model_dir: Path, tmp: Path, **options) -> Predictions:
+    """:func:`annotated_by_cellzoo`, as a row of the tables."""
+    return cellzoo_predictions(annotated_by_cellzoo(path, model_dir, tmp, **options))
 
 
 def train_cellzoo(reference: Reference, work: Path, *, family: str) -> Annotator:

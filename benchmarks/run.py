@@ -6,8 +6,8 @@
     python benchmarks/run.py --join               # only join the fragments into docs/benchmarks.md
 
 Each part writes its fragment and plots to ``docs/benchmarks/`` (``accuracy.md``, ``lung.md``, ``novelty.md``,
-``scale.md``) and
-this script joins the fragments into ``docs/benchmarks.md``. Options after ``--`` go to the parts.
+``voting.md``, ``scale.md``, ...) and this script joins the fragments into ``docs/benchmarks.md``. Options after
+``--`` go to the parts.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 if not __package__:  # run as a script (python benchmarks/run.py): make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import accuracy, lung, lung_panel, novelty, placement, scale
+from benchmarks import accuracy, lung, lung_panel, novelty, placement, scale, voting
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -29,6 +29,7 @@ PARTS = {
     "lung_panel": lung_panel.main,
     "novelty": novelty.main,
     "placement": placement.main,
+    "voting": voting.main,
     "scale": scale.main,
 }
 HEADER = """# Benchmarks
@@ -44,6 +45,7 @@ part names its machine, versions and settings. Plots are in `docs/benchmarks/`.
 - [A targeted lung panel](#a-targeted-lung-panel): {lung_panel}
 - [Novelty: types, tissues and species the model never saw][novelty]: {novelty}
 - [Placement on the reference map](#placement-on-the-reference-map): {placement}
+- [Majority voting: cellzoo against CellTypist](#majority-voting-cellzoo-against-celltypist): {voting}
 - [Scale and speed](#scale-and-speed): {scale}
 
 [novelty]: #novelty-types-tissues-and-species-the-model-never-saw

@@ -28,11 +28,11 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from importlib.util import find_spec
 from pathlib import Path
 
 if not __package__:  # run as a script (python benchmarks/scale.py): make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import peers
 from benchmarks.report import markdown_table, package_version
 from benchmarks.synthetic import cached_synthetic, default_data_dir
 
@@ -47,7 +47,7 @@ SIZES = (100_000, 300_000, 1_000_000)
 QUICK_SIZES = (2_000, 5_000)
 EPOCHS = (1, 5, 10, 20, 40)
 QUICK_EPOCHS = (1, 5)
-CELLTYPIST_MODEL = "celltypist-soupx-pbmc-top300-v1.pkl"
+CELLTYPIST_MODEL = "celltypist-soupx-pbmc-top300-lbfgs.pkl"
 GPU_MODELS = ("pbmc-scanvi", "pbmc-xgboost")  # zoo models of the families that take --device cuda
 GB = 1e9
 FLOOR = "read floor: X into reused buffers (h5py)"
@@ -161,8 +161,13 @@ def _child_env() -> dict:
     return {**os.environ, "PYTHONPATH": path}
 
 
-def task(name: str, *args: object) -> list[str]:
-    return [sys.executable, "-m", "benchmarks.scale_tasks", name, *map(str, args)]
+def task(name: str, *args: object, python: Path | str = sys.executable) -> list[str]:
+    return [str(python), "-m", "benchmarks.scale_tasks", name, *map(str, args)]
+
+
+def celltypist_task(name: str, *args: object) -> list[str]:
+    """A task in CellTypist's own environment (its default solver needs scikit-learn < 1.8)."""
+    return task(name, *args, python=peers.celltypist_env())
 
 
 def cli(program: str, *args: object) -> list[str]:
@@ -203,13 +208,18 @@ def annotate_supports_backed() -> bool:
     return "--backed" in done.stdout
 
 
+def pull_pbmc() -> None:
+    """The `pbmc` model into the cache before the first timed run."""
+    subprocess.run(cli("cellzoo", "models", "pull", "pbmc"), env=_child_env(), check=True, capture_output=True)
+
+
 def celltypist_model(data_dir: Path, mem_limit_gb: float) -> Path:
     """CellTypist trained on the SoupX reference like the `pbmc` model (trained once, then cached)."""
     path = data_dir / CELLTYPIST_MODEL
     if not path.exists():
         print(f"training CellTypist on {REFERENCE.name} (once; cached as {path})", flush=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.pkl")
-        run = measure(task("celltypist-train", REFERENCE, tmp), mem_limit_gb=mem_limit_gb)
+        run = measure(celltypist_task("celltypist-train", REFERENCE, tmp), mem_limit_gb=mem_limit_gb)
         if not run.ok:
             raise RuntimeError(f"training CellTypist failed: {run.status()}\n{run.output}")
         tmp.replace(path)
@@ -224,20 +234,17 @@ def scale_runs(args: argparse.Namespace) -> dict[int, dict[str, Measurement | st
         tools[STREAMED] = lambda path, out: task("stream", path)
         tools[READ_WHOLE] = lambda path, out: task("read", path)
     if "cellzoo" in args.parts:
-        subprocess.run(cli("cellzoo", "models", "pull", "pbmc"), env=_child_env(), check=True, capture_output=True)
+        pull_pbmc()
         backed = ["--backed"] if annotate_supports_backed() else []
         args.settings["cellzoo"] = shlex.join(["annotate", "FILE", "-m", "pbmc", "-o", "OUT", "--overwrite", *backed])
         tools[CELLZOO] = lambda path, out: cli("annotate", path, "-m", "pbmc", "-o", out, "--overwrite", *backed)
     if "celltypist" in args.parts:
-        if find_spec("celltypist") is None:
-            tools[CELLTYPIST] = "skipped: celltypist is not installed (pip install celltypist to add its rows)"
-        else:
-            model = celltypist_model(args.data_dir, args.mem_limit_gb)
-            args.settings["CellTypist"] = (
-                "trained on the SoupX reference (log1p CP10k, feature_selection=True, top_genes=300, use_SGD=True: "
-                "its lbfgs path fails on scikit-learn 1.8); annotate with majority_voting=False"
-            )
-            tools[CELLTYPIST] = lambda path, out: task("celltypist", path, model, out)
+        model = celltypist_model(args.data_dir, args.mem_limit_gb)
+        args.settings["CellTypist"] = (
+            f"{peers.celltypist_version()}, trained on the SoupX reference (log1p CP10k, feature_selection=True, "
+            "top_genes=300, its default solver); annotate with majority_voting=False"
+        )
+        tools[CELLTYPIST] = lambda path, out: celltypist_task("celltypist", path, model, out)
     results: dict[int, dict[str, Measurement | str]] = {}
     for n_cells in args.sizes:
         start = time.perf_counter()
@@ -508,7 +515,7 @@ def gpu_section(args: argparse.Namespace) -> str:
 
 def machine_and_versions(args: argparse.Namespace) -> str:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB
-    packages = ("cellzoo", "celltypist", "scanpy", "anndata", "h5py", "numpy", "torch", "scvi-tools", "mlflow")
+    packages = ("cellzoo", "scanpy", "anndata", "h5py", "numpy", "torch", "scvi-tools", "mlflow")  # CellTypist: own env
     versions = [f"{package} {package_version(package, '(not installed)')}" for package in packages]
     settings = {**args.settings, "sizes": ", ".join(f"{n:,}" for n in args.sizes), "seed": args.seed}
     settings |= {"runs per tool and size": f"{args.repeats} (median wall time, largest peak RSS)"}

@@ -4,13 +4,13 @@
     python -m benchmarks.scale_tasks stream FILE                      # read X in chunks with anndata's backed reader
     python -m benchmarks.scale_tasks read FILE                        # anndata.read_h5ad of the whole file
     python -m benchmarks.scale_tasks celltypist-train REFERENCE MODEL # train CellTypist like the `pbmc` model
-    python -m benchmarks.scale_tasks celltypist FILE MODEL OUTPUT     # what a CellTypist user runs
+    python -m benchmarks.scale_tasks celltypist FILE MODEL OUTPUT [voting] # what a CellTypist user runs
     python -m benchmarks.scale_tasks scanvi-curve QUERY EPOCHS...     # pbmc-scanvi: time and accuracy per epochs
     python -m benchmarks.scale_tasks overhead QUERY                   # load and predict of `pbmc`, in-process
     python -m benchmarks.scale_tasks cuda                             # is a GPU available to torch?
 
 Tasks that report numbers print one JSON line last. CellTypist is imported only here (it is not a
-dependency of cellzoo).
+dependency of cellzoo); its tasks run in CellTypist's own environment (`benchmarks.peers.celltypist_env`).
 """
 
 from __future__ import annotations
@@ -82,21 +82,21 @@ def celltypist_train(reference: str, model: str) -> None:
     adata = adata[adata.obs[LABEL] != REFERENCE_DROP].copy()
     sc.pp.normalize_total(adata, target_sum=1e4)
     sc.pp.log1p(adata)
-    # use_SGD: celltypist 1.7.1's default solver path passes multi_class='ovr', which scikit-learn 1.8 removed;
-    # its SGD path fits the same one-vs-rest linear model, so prediction costs the same
-    trained = celltypist.train(adata, labels=LABEL, feature_selection=True, top_genes=300, use_SGD=True, n_jobs=1)
+    # its default solver (lbfgs), as its users run it: its own environment has the scikit-learn it supports
+    trained = celltypist.train(adata, labels=LABEL, feature_selection=True, top_genes=300, n_jobs=1)
     trained.write(model)
 
 
-def celltypist_annotate(path: str, model: str, output: str) -> None:
-    """What a CellTypist user does: read, normalise, annotate, store the predictions, write the h5ad."""
+def celltypist_annotate(path: str, model: str, output: str, voting: str = "") -> None:
+    """What a CellTypist user does: read, normalise, annotate (with ``voting``: its majority voting, over its
+    own over-clustering), store the predictions, write the h5ad."""
     import celltypist
     import scanpy as sc
 
     adata = sc.read_h5ad(path)
     sc.pp.normalize_total(adata, target_sum=1e4)
     sc.pp.log1p(adata)
-    predictions = celltypist.annotate(adata, model=model, majority_voting=False)
+    predictions = celltypist.annotate(adata, model=model, majority_voting=voting == "voting")
     predictions.to_adata().write_h5ad(output)
 
 

@@ -244,6 +244,7 @@ def annotate_query(
             unassigned_threshold=run.unassigned_threshold,
             provenance=provenance,
             no_signal=cells.no_signal,
+            majority_voting=run.majority_voting,
         )
         write_output(target)
     predicted = target.obs[result_keys.predicted]

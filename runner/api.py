@@ -231,6 +231,8 @@ def annotate(
         float in [0, 1], 0 = certain (its meaning: ``uns['K']['model']['uncertainty']``).
     ``obs['K_ontology_term_id']``
         Cell Ontology id of the predicted label ('' when unassigned or unknown).
+    ``obs['K_majority_voting']``, ``obs['K_majority_voting_ontology_term_id']``, ``obs['K_over_clustering']``
+        with ``majority_voting=True``: the most frequent answer of the cell's over-cluster, its id, the cluster.
     ``obsm['K_probabilities']``
         per-class probabilities, cells x classes, with the class names.
     ``obsm['X_K']``

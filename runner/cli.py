@@ -198,6 +198,7 @@ def annotate(
     unassigned_threshold: Annotated[float, _flag(RunOptions, "unassigned_threshold")] = RunOptions.unassigned_threshold,
     novelty_threshold: Annotated[float, _flag(RunOptions, "novelty_threshold")] = RunOptions.novelty_threshold,
     backoff: Annotated[bool, _flag(RunOptions, "backoff", "--backoff/--no-backoff")] = RunOptions.backoff,
+    majority_voting: Annotated[bool, _flag(RunOptions, "majority_voting")] = False,
     min_gene_overlap: MinGeneOverlap = CheckOptions.min_gene_overlap,
     env_manager: Annotated[str, _flag(RunOptions, "env_manager")] = RunOptions.env_manager,
     device: Annotated[str | None, _flag(RunOptions, "device")] = None,

@@ -92,6 +92,18 @@ class ResultKeys:
     def answer_kind(self) -> str:  # obs: why the answer is what it is (finest, coarser, uncertain, novel, ...)
         return f"{self.key}_answer_kind"
 
+    @property
+    def majority_voting(self) -> str:  # obs: the most frequent answer of the cell's over-cluster (--majority-voting)
+        return f"{self.key}_majority_voting"
+
+    @property
+    def majority_voting_ontology_term_id(self) -> str:  # obs: its Cell Ontology id
+        return f"{self.key}_majority_voting_ontology_term_id"
+
+    @property
+    def over_clustering(self) -> str:  # obs: the over-cluster the vote was taken in
+        return f"{self.key}_over_clustering"
+
     def level(self, name: str) -> str:  # obs: the label at a coarser level (compartment, lineage)
         return f"{self.key}_{name}"
 
@@ -125,7 +137,11 @@ class ResultKeys:
             self.finest_ontology_term_id,
             self.answer_kind,
             *levels,
+            *self.voting_keys(),
         ]
+
+    def voting_keys(self) -> list[str]:  # obs: written with --majority-voting only
+        return [self.majority_voting, self.majority_voting_ontology_term_id, self.over_clustering]
 
     def obsm_keys(self) -> list[str]:
         return [self.probabilities, self.embedding, self.umap]

@@ -183,6 +183,11 @@ class RunOptions(Options):
         "Answer with the most specific common Cell Ontology ancestor when the finest classes are in doubt.",
         flag="--backoff/--no-backoff",
     )
+    majority_voting: bool = option(
+        False,
+        "Also give every cell the most frequent answer of its over-cluster in the model's embedding "
+        "(CellTypist's majority voting; written as K_majority_voting beside the per-cell answer).",
+    )
     env_manager: str = option(
         "auto",
         "Where the model runs: auto (in-process when this interpreter meets the model's pins, else its own "

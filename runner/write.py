@@ -14,6 +14,7 @@ from runner import keys
 from runner.errors import OutputError, UsageError
 from runner.files import atomic_path, copy_file
 from runner.keys import ResultKeys
+from runner.voting import over_cluster, vote
 
 TABLE_SEPARATORS = {".csv": ",", ".tsv": "\t", ".parquet": ""}  # '' : parquet
 
@@ -38,6 +39,12 @@ def check_keys_free(existing: tuple[list[str], list[str], list[str]], result: Re
 
 def _columns(frame: pd.DataFrame, prefix: str) -> list[str]:
     return [c for c in frame.columns if c.startswith(prefix)]
+
+
+def _matrix(frame: pd.DataFrame, prefix: str) -> np.ndarray | None:
+    """The columns of ``frame`` named ``prefix*`` as a float32 matrix, or None when it has none."""
+    cols = _columns(frame, prefix)
+    return frame[cols].to_numpy(dtype=np.float32) if cols else None
 
 
 def make_barcodes_unique(adata) -> int:
@@ -77,6 +84,7 @@ def write_results(
     unassigned_threshold: float,
     provenance: dict,
     no_signal: np.ndarray | None = None,
+    majority_voting: bool = False,
 ) -> None:
     """Write a model's predictions into ``adata``.
 
@@ -105,6 +113,10 @@ def write_results(
     ``obs[K_<level>]``, ``obs[K_<level>_ontology_term_id]``
         for each level of the model's hierarchy (``compartment``, ``lineage``): the label at that level
         (``Unassigned`` when in doubt or novel) and its Cell Ontology id.
+    ``obs[K_majority_voting]``, ``obs[K_majority_voting_ontology_term_id]``, ``obs[K_over_clustering]``
+        with ``majority_voting`` only: the most frequent ``K_predicted`` of the cell's over-cluster (``Unassigned``
+        included: a cluster of mostly novel cells stays ``Unassigned``), its id, and the cluster
+        (:mod:`runner.voting`, on the model's embedding).
     ``obsm[K_probabilities]``
         float32 array (cells x classes) of per-class probabilities; ``uns[K]['classes']`` names the columns.
     ``obsm[X_K]``, ``obsm[X_K_umap]``
@@ -142,6 +154,20 @@ def write_results(
         names[silent], ids[silent] = keys.UNASSIGNED, ""
         obs[result.level(level)] = _categorical(names)
         obs[result.level_ontology_term_id(level)] = pd.Categorical(ids)
+    n_clusters = 0
+    if majority_voting:
+        embedding = _matrix(frame, keys.EMB_PREFIX)  # a model without one: its probabilities
+        clusters = over_cluster(embedding if embedding is not None else _matrix(frame, keys.PROB_PREFIX))
+        voted, _ = vote(clusters, answer)
+        ids = dict(zip(answer, answer_id, strict=True))
+        n_clusters = int(clusters.max(initial=-1)) + 1
+        obs[result.majority_voting] = _categorical(voted)
+        obs[result.majority_voting_ontology_term_id] = pd.Categorical([ids[label] for label in voted])
+        present = [str(i) for i in np.unique(clusters)]  # k-means may leave a cluster empty: only those that occur
+        obs[result.over_clustering] = pd.Categorical(clusters.astype(str), categories=present)
+    for key in result.obs_keys():  # with --overwrite: no stale field of an earlier run is left under K
+        if key in adata.obs and obs.get(key) is None:
+            del adata.obs[key]
     for key, values in obs.items():
         if values is not None:
             adata.obs[key] = values
@@ -150,10 +176,11 @@ def write_results(
     if prob_cols:
         adata.obsm[result.probabilities] = frame[prob_cols].to_numpy(dtype=np.float32)
     for key, prefix in ((result.embedding, keys.EMB_PREFIX), (result.umap, keys.UMAP_PREFIX)):
-        cols = _columns(frame, prefix)
-        if cols:
-            adata.obsm[key] = frame[cols].to_numpy(dtype=np.float32)
-    adata.uns[result.provenance] = provenance | {"classes": classes}
+        values = _matrix(frame, prefix)
+        if values is not None:
+            adata.obsm[key] = values
+    voting = {"majority_voting": {"clusters": n_clusters}} if majority_voting else {}
+    adata.uns[result.provenance] = provenance | {"classes": classes} | voting
 
 
 @contextlib.contextmanager
@@ -210,8 +237,8 @@ def check_table_path(path: Path) -> None:
 
 
 def results_table(adata, result: ResultKeys) -> pd.DataFrame:
-    """One row per cell: barcode, label (the answer), uncertainty, ontology id, novelty, finest guess and
-    ``prob:<class>`` per class."""
+    """One row per cell: barcode, label (the answer), uncertainty, ontology id, novelty, finest guess, the
+    majority vote (when voted) and ``prob:<class>`` per class."""
     table = pd.DataFrame(
         {
             "barcode": adata.obs_names.astype(str),
@@ -220,7 +247,8 @@ def results_table(adata, result: ResultKeys) -> pd.DataFrame:
             keys.ONTOLOGY_TERM_ID: adata.obs[result.ontology_term_id].astype(str).to_numpy(),
         }
     )
-    for column, key in ((keys.NOVELTY, result.novelty), ("finest", result.finest)):
+    optional = ((keys.NOVELTY, result.novelty), ("finest", result.finest), ("majority_voting", result.majority_voting))
+    for column, key in optional:
         if key in adata.obs:
             table[column] = adata.obs[key].to_numpy()
     if result.probabilities in adata.obsm:
