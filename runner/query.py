@@ -457,7 +457,7 @@ def check_query(query, info, checks: CheckOptions, n_cells: int | None = None) -
     2. names: orientation, gene ids, species, overlap with the model (:func:`check_genes`).
 
     The cells (:func:`check_cells`) are checked once every block has been read. ``query`` is a source of
-    counts (:class:`runner.sources.MemoryQuery` or :class:`runner.sources.StreamedH5ad`): ``rows``,
+    counts (:class:`runner.sources.MemoryQuery` or :class:`runner.sources.StreamedFile`): ``rows``,
     ``source``, ``others``, ``obs_names``, ``var``. Raises :class:`InputError` (or ``UsageError``) at the
     first problem.
     """

@@ -1,10 +1,10 @@
 """Where ``annotate`` reads a query's counts from, a block of cells at a time.
 
 Two sources: an AnnData in memory (every format :func:`runner.readers.read_input` reads), and an
-h5ad file streamed from disk (:class:`StreamedH5ad`), which never holds more than one block of the
-matrix. ``annotate`` streams an h5ad whose counts are stored by row (CSR, or dense) when it has at
-least :data:`STREAM_MIN_CELLS` cells, or when asked to (``--backed``); ``--in-memory`` reads it whole.
-Both give the same results for the same cells (tests/test_streaming.py).
+h5ad file or AnnData zarr store streamed from disk (:class:`StreamedFile`), which never holds more than one
+block of the matrix. ``annotate`` streams an h5ad or zarr store whose counts are stored by row (CSR, or
+dense) when it has at least :data:`STREAM_MIN_CELLS` cells, or when asked to (``--backed``);
+``--in-memory`` reads it whole. Both give the same results for the same cells (tests/test_streaming.py).
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ from runner.query import (
     indptr_problem,
     rebuilt_counts,
 )
-from runner.readers import H5AD, READ_ERRORS, InputDescription, ReadOptions, detect_format, read_input
-from runner.write import streamed_output, write_h5ad_atomic
+from runner.readers import H5AD, READ_ERRORS, ZARR, InputDescription, ReadOptions, detect_format, read_input
+from runner.write import streamed_output, write_h5ad_atomic, zarr_to_h5ad
 
 logger = logging.getLogger(__name__)
 
-STREAM_MIN_CELLS = 100_000  # h5ad queries with this many cells are streamed unless --in-memory
+STREAM_MIN_CELLS = 100_000  # h5ad and zarr queries with this many cells are streamed unless --in-memory
+STREAMED_FORMATS = (H5AD, ZARR)
 HEAD_CELLS = 1_000  # cells of the other matrices of a streamed file read to say which holds counts
 
 
@@ -95,28 +96,46 @@ class AnnDataQuery(MemoryQuery):
         yield lambda target: None
 
 
-class StreamedH5ad:
-    """An h5ad whose counts are read from disk a block of cells at a time (CSR or dense, by row).
+def _open_store(path: Path, kind: str):
+    """The root group of an h5ad file (h5py) or of an AnnData zarr store, opened to read, and its closer."""
+    if kind == ZARR:
+        import zarr
 
-    Only ``obs`` and the counts' ``var`` are read whole. The output is a copy of the input file with
-    the results written into its ``obs``, ``obsm`` and ``uns`` (:func:`runner.write.streamed_output`).
+        return zarr.open_group(path, mode="r"), lambda: None
+    import h5py
+
+    f = h5py.File(path, "r")
+    return f, f.close
+
+
+def _is_group(element) -> bool:
+    """An h5py or zarr group (an encoded element such as a CSR matrix), not an array: arrays have a shape."""
+    return not hasattr(element, "shape")
+
+
+class StreamedFile:
+    """An h5ad file or AnnData zarr store whose counts are read from disk a block of cells at a time (CSR
+    or dense, by row).
+
+    Only ``obs`` and the counts' ``var`` are read whole. The output is a copy of the input (an h5ad's bytes;
+    a zarr store's elements, the matrices a block at a time, :func:`runner.write.zarr_to_h5ad`) with the
+    results written into its ``obs``, ``obsm`` and ``uns`` (:func:`runner.write.streamed_output`).
     """
 
     streamed = True
     rename_duplicate_barcodes = True
 
-    def __init__(self, path: Path, counts_layer: str | None):
+    def __init__(self, path: Path, counts_layer: str | None, kind: str = H5AD):
         import anndata as ad
-        import h5py
 
-        self.path = path
-        self.file = h5py.File(path, "r")
+        self.path, self.kind = path, kind
+        self.file, self._close = _open_store(path, kind)
         try:
             f = self.file
-            self.source, element = _counts_element(f, counts_layer)
+            self.source, element = _counts_element(f, counts_layer, path)
             self.var = ad.io.read_elem(f["raw/var" if self.source == "raw.X" else "var"])
             self.obs = ad.io.read_elem(f["obs"])
-            self._matrix = _row_reader(element, self.source)
+            self._matrix = _row_reader(element, self.source, path)
             n_cells, n_genes = self._matrix.shape
             if (n_cells, n_genes) != (len(self.obs), len(self.var)):
                 raise InputError(
@@ -125,11 +144,11 @@ class StreamedH5ad:
                 )
             self.rebuild = rebuilt_counts(as_csr(self._matrix[:HEAD_CELLS]).copy(), self.obs, self.source)
         except BaseException:
-            self.file.close()
+            self._close()
             raise
         self.obs_names = self.obs.index
         self.n_obs = len(self.obs)
-        self.found = InputDescription(path, f"{H5AD} (streamed)")
+        self.found = InputDescription(path, f"{kind} (streamed)")
 
     def existing(self) -> tuple[list[str], list[str], list[str]]:
         f = self.file
@@ -147,7 +166,9 @@ class StreamedH5ad:
     def others(self) -> list[tuple[str, sp.csr_matrix]]:
         """The first cells of every matrix that may hold counts, for the hint when the chosen one does not."""
         found = _h5_candidates(self.file)
-        return [(source, as_csr(_row_reader(el, source)[:HEAD_CELLS])) for source, el in found if _by_row(el)]
+        return [
+            (source, as_csr(_row_reader(el, source, self.path)[:HEAD_CELLS])) for source, el in found if _by_row(el)
+        ]
 
     def target(self):
         import anndata as ad
@@ -156,10 +177,10 @@ class StreamedH5ad:
 
     def output(self, path: Path):
         """:func:`runner.write.streamed_output`: the copy of the input begins now, in the background."""
-        return streamed_output(self.path, path)
+        return streamed_output(self.path, path, **({"copy": zarr_to_h5ad} if self.kind == ZARR else {}))
 
     def close(self) -> None:
-        self.file.close()
+        self._close()
 
 
 def _h5_candidates(f) -> list[tuple[str, object]]:
@@ -170,21 +191,19 @@ def _h5_candidates(f) -> list[tuple[str, object]]:
     return [*found, *([("X", f["X"])] if "X" in f else [])]
 
 
-def _counts_element(f, counts_layer: str | None) -> tuple[str, object]:
-    """Where the counts of an open h5ad are (:func:`runner.query.counts_source`), and its HDF5 element."""
+def _counts_element(f, counts_layer: str | None, path: Path) -> tuple[str, object]:
+    """Where the counts of an open h5ad or zarr store are (:func:`runner.query.counts_source`), and its element."""
     layers = list(f.get("layers", []))
     source = counts_source(counts_layer, layers, "raw" in f and "X" in f["raw"])
     element = dict(_h5_candidates(f)).get(source)
     if element is None:
-        raise InputError(f"{f.filename} has no {source}: an h5ad file holds its matrix in X")
+        raise InputError(f"{path} has no {source}: an AnnData file holds its matrix in X")
     return source, element
 
 
 def _by_row(element) -> bool:
     """Whether cells can be read as blocks of rows: a CSR group or a dense 2-d dataset."""
-    import h5py
-
-    if isinstance(element, h5py.Group):
+    if _is_group(element):
         return element.attrs.get("encoding-type") == "csr_matrix"
     return len(element.shape) == 2
 
@@ -199,18 +218,19 @@ class CsrRows:
     300,000 cells a plain read took 2.9 s into fresh arrays and 1.6 s reusing buffers (docs/design.md).
     """
 
-    def __init__(self, group):
+    def __init__(self, group, path: Path):
         self.data, self.indices = group["data"], group["indices"]
-        self.indptr = group["indptr"][()]  # one integer per cell
+        self.indptr = np.asarray(group["indptr"][...])  # one integer per cell
         self.shape = tuple(int(n) for n in group.attrs["shape"])
         self._buffers: list[tuple[np.ndarray, np.ndarray] | None] = [None, None]
         self._turn = 0
-        self.where = f"{group.file.filename}: {group.name.lstrip('/')}"
-        lengths = f"has {len(self.indices)} indices for {len(self.data)} stored values"
+        self.where = f"{path}: {group.name.lstrip('/')}"
+        n_indices, n_values = self.indices.shape[0], self.data.shape[0]  # zarr arrays have no len()
+        lengths = f"has {n_indices} indices for {n_values} stored values"
         problem = (
             dtype_problem(self.data.dtype)
-            or (lengths if len(self.indices) != len(self.data) else "")
-            or indptr_problem(self.indptr, self.shape[0], len(self.data))
+            or (lengths if n_indices != n_values else "")
+            or indptr_problem(self.indptr, self.shape[0], n_values)
         )
         if problem:
             raise InputError(f"{self.where} {problem}; the file is damaged")
@@ -221,8 +241,8 @@ class CsrRows:
         first, last = int(self.indptr[start]), int(self.indptr[stop])
         data, indices = self._buffer(last - first)
         if last > first:
-            self.data.read_direct(data, np.s_[first:last])
-            self.indices.read_direct(indices, np.s_[first:last])
+            _read_into(self.data, first, last, data)
+            _read_into(self.indices, first, last, indices)
         problem = indices_problem(indices, self.shape[1])  # checked once per block, as it is read
         if problem:
             raise InputError(f"{self.where} (cells {start}-{stop}) {problem}; the file is damaged")
@@ -244,49 +264,56 @@ class CsrRows:
         return held[0][:n], held[1][:n]
 
 
-def _row_reader(element, source: str):
-    """Something sliced by rows into a matrix: :class:`CsrRows`, or the dense dataset."""
-    import h5py
+def _read_into(array, first: int, last: int, out: np.ndarray) -> None:
+    """``array[first:last]`` into ``out``: straight from HDF5 (h5py), through zarr's decoded chunks."""
+    if hasattr(array, "read_direct"):
+        array.read_direct(out, np.s_[first:last])
+    else:
+        out[...] = array[first:last]
 
+
+def _row_reader(element, source: str, path: Path):
+    """Something sliced by rows into a matrix: :class:`CsrRows`, or the dense dataset."""
     if not _by_row(element):
-        kind = element.attrs.get("encoding-type", "group") if isinstance(element, h5py.Group) else element.shape
+        kind = element.attrs.get("encoding-type", "group") if _is_group(element) else element.shape
         raise UsageError(
             f"{source} is stored as {kind}, which cannot be read a block of cells at a time; pass --in-memory, "
             "or rewrite the file with cells as rows (adata.X = adata.X.tocsr(); adata.write_h5ad(...))"
         )
-    if isinstance(element, h5py.Group):
-        return CsrRows(element)
+    if _is_group(element):
+        return CsrRows(element, path)
     problem = dtype_problem(element.dtype)
     if problem:
-        raise InputError(f"{element.file.filename}: {source} {problem}")
+        raise InputError(f"{path}: {source} {problem}")
     return element
 
 
-def h5ad_cells(path: Path, counts_layer: str | None) -> tuple[int, bool]:
-    """The number of cells of an h5ad file, and whether the matrix holding its counts (``counts_layer``,
-    ``raw.X`` or ``X``) can be streamed, without reading either."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
+def stored_cells(path: Path, counts_layer: str | None, kind: str = H5AD) -> tuple[int, bool]:
+    """The number of cells of an h5ad file or zarr store, and whether the matrix holding its counts
+    (``counts_layer``, ``raw.X`` or ``X``) can be streamed, without reading either."""
+    f, close = _open_store(path, kind)
+    try:
         obs = f["obs"]
-        index = obs[obs.attrs.get("_index", "_index")] if isinstance(obs, h5py.Group) else obs
+        index = obs[obs.attrs.get("_index", "_index")] if _is_group(obs) else obs
         try:
-            _, element = _counts_element(f, counts_layer)
+            _, element = _counts_element(f, counts_layer, path)
         except InputError:  # no matrix: reading it whole says so
             return index.shape[0], False
         return index.shape[0], _by_row(element)
+    finally:
+        close()
 
 
 def open_query(path: Path, options: ReadOptions, counts_layer: str | None, backed: bool | None):
     """The query as a source of counts: streamed when ``backed`` (``None``: when it is a large h5ad)."""
     kind = detect_format(path, options)
-    if kind != H5AD:
+    if kind not in STREAMED_FORMATS:
         if backed:
-            raise UsageError(f"--backed streams h5ad files only; {path.name} is {kind}: drop --backed")
+            raise UsageError(f"--backed streams h5ad files and zarr stores only; {path.name} is {kind}: drop --backed")
         return MemoryQuery(*read_input(path, options), counts_layer)
     if backed is None:
         try:
-            n_cells, by_row = h5ad_cells(path, counts_layer)
+            n_cells, by_row = stored_cells(path, counts_layer, kind)
         except READ_ERRORS as err:
             raise InputError(f"{path} could not be read as {kind}: {err}. Is it complete (not truncated)?") from err
         backed = n_cells >= STREAM_MIN_CELLS and by_row
@@ -297,6 +324,6 @@ def open_query(path: Path, options: ReadOptions, counts_layer: str | None, backe
     if not backed:
         return MemoryQuery(*read_input(path, options), counts_layer)
     try:
-        return StreamedH5ad(path, counts_layer)
+        return StreamedFile(path, counts_layer, kind)
     except READ_ERRORS as err:
-        raise InputError(f"{path} could not be opened for streaming: {err}. Is it a complete h5ad file?") from err
+        raise InputError(f"{path} could not be opened for streaming: {err}. Is it a complete {kind}?") from err

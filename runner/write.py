@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from runner import keys
-from runner.errors import OutputError, UsageError
+from runner.errors import InputError, OutputError, UsageError
 from runner.files import atomic_path, copy_file
 from runner.keys import ResultKeys
 from runner.voting import over_cluster, vote
@@ -200,16 +200,82 @@ def write_h5ad_atomic(adata, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def streamed_output(input_path: Path, path: Path) -> Iterator[Callable]:
-    """The output of a streamed query, begun at once: the input file is copied byte for byte (the matrix
-    is never decoded) to a temporary file beside ``path`` by a background thread while the cells are
-    annotated. Yields ``write(results)``, which waits for the copy and replaces its ``obs`` with
-    ``results.obs`` and writes every entry of ``results.obsm`` and ``results.uns`` into it. The file is
-    renamed into place when the block succeeds, removed otherwise."""
+def streamed_output(
+    input_path: Path, path: Path, copy: Callable[[Path, Path], object] = copy_file
+) -> Iterator[Callable]:
+    """The output of a streamed query, begun at once: the input is copied (an h5ad byte for byte, the matrix
+    never decoded; a zarr store by :func:`zarr_to_h5ad`) to a temporary h5ad beside ``path`` by a background
+    thread while the cells are annotated. Yields ``write(results)``, which waits for the copy and replaces its
+    ``obs`` with ``results.obs`` and writes every entry of ``results.obsm`` and ``results.uns`` into it. The
+    file is renamed into place when the block succeeds, removed otherwise."""
     with _atomic_path(path) as tmp, ThreadPoolExecutor(max_workers=1) as pool:
-        copied = pool.submit(copy_file, input_path, tmp)
+        copied = pool.submit(copy, input_path, tmp)
         yield lambda results: _write_into(copied.result(), results)
         copied.result()
+
+
+MATRIX_ENCODINGS = ("csr_matrix", "csc_matrix")
+COPY_VALUES = 1 << 24  # values copied at a time from a zarr store's matrices (64 MB of float32)
+
+
+def zarr_to_h5ad(source: Path, target: Path) -> Path:
+    """``target`` made the h5ad of the AnnData zarr store ``source``, holding no matrix whole: ``X``, each
+    layer and ``raw.X`` are copied ``COPY_VALUES`` at a time (sparse: their ``data``, ``indices``, ``indptr``;
+    dense: blocks of rows), every other element through anndata (``read_elem``/``write_elem``)."""
+    import zarr
+    from anndata.io import read_elem, write_elem
+
+    try:
+        _zarr_into_h5ad(zarr.open_group(source, mode="r"), target, read_elem, write_elem)
+    except Exception as err:  # a damaged element of the store: said in one line, the output removed
+        raise InputError(f"{source} could not be copied into the output: {err}") from err
+    return target
+
+
+def _zarr_into_h5ad(store, target: Path, read_elem, write_elem) -> None:
+    import h5py
+
+    with h5py.File(target, "w") as out:
+        out.attrs.update(dict(store.attrs))
+        for key in store:
+            if store[key].attrs.get("encoding-type") == "null":  # zarr format 3's 'no raw': h5ad has none
+                continue
+            if key in ("layers", "raw"):
+                group = out.create_group(key)
+                group.attrs.update(dict(store[key].attrs))
+                for name in store[key]:
+                    element = store[key][name]
+                    if key == "layers" or name == "X":
+                        _copy_matrix(element, group, name)
+                    else:
+                        write_elem(group, name, read_elem(element))
+            elif key == "X":
+                _copy_matrix(store[key], out, key)
+            else:
+                write_elem(out, key, read_elem(store[key]))
+
+
+def _copy_matrix(element, parent, name: str) -> None:
+    """A matrix of a zarr store into the h5py group ``parent``, a block at a time."""
+    if hasattr(element, "shape"):  # a dense array
+        _copy_array(element, parent, name)
+        return
+    if element.attrs.get("encoding-type") not in MATRIX_ENCODINGS:  # another encoding: anndata copies it
+        from anndata.io import read_elem, write_elem
+
+        write_elem(parent, name, read_elem(element))
+        return
+    group = parent.create_group(name)
+    group.attrs.update(dict(element.attrs))
+    for part in ("data", "indices", "indptr"):
+        _copy_array(element[part], group, part)
+
+
+def _copy_array(array, parent, name: str) -> None:
+    rows = max(1, COPY_VALUES // max(1, int(np.prod(array.shape[1:]))))
+    dataset = parent.create_dataset(name, shape=array.shape, dtype=array.dtype)
+    for start in range(0, array.shape[0], rows):
+        dataset[start : start + rows] = array[start : start + rows]
 
 
 def _write_into(path: Path, results) -> None:

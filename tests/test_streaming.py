@@ -14,8 +14,8 @@ import scipy.sparse as sp
 
 from benchmarks.synthetic import write_synthetic
 from runner.invoke import read_model_info
-from runner.sources import StreamedH5ad, h5ad_cells
-from tests.conftest import data_file, run_cli, sha256, unpack_zoo_model
+from runner.sources import StreamedFile, stored_cells
+from tests.conftest import annotate_file, data_file, run_cli, sha256, unpack_zoo_model
 
 KEY = "pbmc"
 
@@ -119,14 +119,46 @@ def test_auto_streaming_looks_at_the_matrix_holding_the_counts(tmp_path):
     adata = ad.read_h5ad(query)
     adata.layers["counts"] = sp.csc_matrix(adata.X)
     adata.write_h5ad(query)
-    assert h5ad_cells(query, None) == (300, True)
-    assert h5ad_cells(query, "counts") == (300, False)
+    assert stored_cells(query, None) == (300, True)
+    assert stored_cells(query, "counts") == (300, False)
 
 
-def test_backed_is_for_h5ad_only(tmp_path):
+def tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_zarr_store_streamed_equals_in_memory_and_keeps_every_element(tmp_path, zarr_format):
+    """An AnnData zarr store is streamed like an h5ad (`--backed`, blocks of 64 cells): the same results as
+    reading it whole, an h5ad output holding the store's matrices (X, a layer, raw.X), obs columns and obsm,
+    and the store untouched."""
+    small_query(tmp_path / "q.h5ad")
+    adata = ad.read_h5ad(tmp_path / "q.h5ad")
+    adata.layers["counts"] = adata.X.copy()
+    adata.raw = adata
+    adata.obsm["X_mine"] = np.arange(adata.n_obs * 2, dtype=np.float32).reshape(-1, 2)
+    query = tmp_path / "q.zarr"
+    with ad.settings.override(zarr_write_format=zarr_format):
+        adata.write_zarr(query)
+    before = tree_digest(query)
+    streamed, in_memory = tmp_path / "s.h5ad", tmp_path / "m.h5ad"
+    annotate_file(query, "pbmc", output=streamed, backed=True, batch_size=64)
+    annotate_file(query, "pbmc", output=in_memory, backed=False, batch_size=64)
+    assert_same_results(streamed, in_memory)
+    out = ad.read_h5ad(streamed)
+    assert out.uns[KEY]["input_format"] == "zarr (streamed)"
+    for got, want in ((out.X, adata.X), (out.layers["counts"], adata.X), (out.raw.X, adata.raw.X)):
+        assert (got != want).nnz == 0
+    np.testing.assert_array_equal(out.obsm["X_mine"], adata.obsm["X_mine"])
+    assert list(out.obs.columns[:2]) == ["Cluster", "Annotation"]
+    assert tree_digest(query) == before  # the input is never modified
+    assert stored_cells(query, None, "zarr") == (300, True)
+
+
+def test_backed_is_for_h5ad_and_zarr_only(tmp_path):
     table = data_file("formats/celltypist_sample_cell_by_gene.csv.gz")
     done = run_cli("annotate", str(table), "-m", "pbmc", "-o", str(tmp_path / "out.h5ad"), "--backed")
-    assert done.returncode == 2 and "h5ad files only" in done.stderr
+    assert done.returncode == 2 and "h5ad files and zarr stores only" in done.stderr
     assert not (tmp_path / "out.h5ad").exists()
 
 
@@ -153,7 +185,7 @@ def test_streamed_blocks_are_the_stored_rows(tmp_path):
     matrix = sp.random(2_500, 300, density=0.05, format="csr", random_state=rng, dtype=np.float32)
     matrix.data = np.ceil(matrix.data * 20)
     ad.AnnData(matrix).write_h5ad(tmp_path / "q.h5ad")
-    query = StreamedH5ad(tmp_path / "q.h5ad", None)
+    query = StreamedFile(tmp_path / "q.h5ad", None)
     try:
         previous = None
         for start in range(0, 2_500, 700):
