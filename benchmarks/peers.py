@@ -3,7 +3,7 @@
 celltypist 1.7.1's default solver, ``LogisticRegression(multi_class="ovr")``, fails with scikit-learn >= 1.8
 (which no longer accepts ``multi_class``), and cellzoo's environment has a newer scikit-learn. Rather than
 running CellTypist in another configuration (SGD), the benchmarks give it the environment it supports:
-``python -m venv`` + ``pip install celltypist==1.7.1 scikit-learn==1.7.2`` (pip's own configuration, so
+``python -m venv`` + ``pip install celltypist==1.7.1 scikit-learn==1.7.2 pynndescent==0.6.0`` (pip's own configuration, so
 local wheels are found; bytecode compiled), created once under ``$CELLZOO_BENCH_DIR`` (default
 ``/tmp/cellzoo-bench``) and reused. :func:`run_celltypist` hands it h5ad files and reads CSVs back
 (``benchmarks/celltypist_peer.py``): nothing is pickled between the environments.
@@ -26,6 +26,9 @@ logger = logging.getLogger("benchmarks.peers")
 
 CELLTYPIST_VERSION = "1.7.1"
 CELLTYPIST_SKLEARN = "1.7.2"  # the newest scikit-learn that celltypist 1.7.1's default solver runs on
+# pynndescent 0.7 returns a sparse array without getnnz, which scanpy 1.11.5's neighbour graph calls: with it,
+# CellTypist's majority voting (its over-clustering) fails from the size at which scanpy uses pynndescent on
+PYNNDESCENT = "0.6.0"
 PEER_SCRIPT = Path(__file__).with_name("celltypist_peer.py")
 
 
@@ -50,7 +53,7 @@ def celltypist_env() -> Path:
     """The python of CellTypist's environment, created on first use (a few minutes) and reused."""
     env = bench_dir() / "celltypist-env"
     python = _env_python(env)
-    pinned = {"celltypist": CELLTYPIST_VERSION, "scikit-learn": CELLTYPIST_SKLEARN}
+    pinned = {"celltypist": CELLTYPIST_VERSION, "scikit-learn": CELLTYPIST_SKLEARN, "pynndescent": PYNNDESCENT}
     if all(_installed(python, package) == wanted for package, wanted in pinned.items()):
         return python
     logger.info("creating CellTypist's environment in %s (once; a few minutes)", env)
@@ -113,7 +116,7 @@ class CellTypist:
 
 def celltypist_version() -> str:
     """The version measured, for the reports."""
-    return f"{CELLTYPIST_VERSION} (own environment, scikit-learn {CELLTYPIST_SKLEARN})"
+    return f"{CELLTYPIST_VERSION} (own environment, scikit-learn {CELLTYPIST_SKLEARN}, pynndescent {PYNNDESCENT})"
 
 
 def unassigned_by_p_thres(prob_match: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ _EXPORTS = {
     "load_model": "runner.api",
     "resolve_model": "runner.api",
     "list_models": "runner.api",
+    "annotate_spark": "runner.spark",
     "Model": "runner.api",
     "CheckOptions": "runner.options",
     "RunOptions": "runner.options",

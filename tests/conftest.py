@@ -205,3 +205,29 @@ def assert_one_line_error(done: subprocess.CompletedProcess, code: int, *needles
     assert "Traceback" not in done.stderr and lines and lines[-1].startswith("error: "), done.stderr
     for needle in needles:
         assert needle in lines[-1], done.stderr
+
+
+@pytest.fixture(scope="session")
+def pbmc_dir(built_pbmc):
+    """The pbmc model as `cellzoo build` makes it from this checkout (a directory)."""
+    return next(p for p in built_pbmc.glob("pbmc-*") if p.is_dir())
+
+
+@pytest.fixture(scope="session")
+def kang_frame() -> pd.DataFrame:
+    """Kang 2018's cells as a DataFrame of raw counts, its genes named by their symbols (Kang's `SYMBOL`)."""
+    import anndata as ad
+
+    kang = ad.read_h5ad(data_file(KANG))
+    return pd.DataFrame(kang.X.toarray(), index=kang.obs_names, columns=kang.var["SYMBOL"].astype(str))
+
+
+@pytest.fixture(scope="session")
+def kang_answers(pbmc_dir, kang_frame) -> np.ndarray:
+    """`annotate`'s answers for Kang (the runner: file in, obs[pbmc_predicted] out)."""
+    import cellzoo
+
+    kang = cellzoo.read(data_file(KANG))
+    cellzoo.annotate(kang, str(pbmc_dir), gene_column="SYMBOL")
+    assert list(kang.obs_names) == list(kang_frame.index)
+    return kang.obs["pbmc_predicted"].astype(str).to_numpy()

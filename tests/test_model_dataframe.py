@@ -10,39 +10,15 @@ import signal
 import subprocess
 import time
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 import requests
 
-import cellzoo
-from tests.conftest import BIN, KANG, data_file
+from tests.conftest import BIN
 from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def pbmc_dir(built_pbmc):
-    """The pbmc model as `cellzoo build` makes it from this checkout (a directory)."""
-    return next(p for p in built_pbmc.glob("pbmc-*") if p.is_dir())
-
-
-@pytest.fixture(scope="module")
-def kang_frame() -> pd.DataFrame:
-    """Kang 2018's cells as a DataFrame of raw counts, its genes named by their symbols (Kang's `SYMBOL`)."""
-    kang = ad.read_h5ad(data_file(KANG))
-    return pd.DataFrame(kang.X.toarray(), index=kang.obs_names, columns=kang.var["SYMBOL"].astype(str))
-
-
-@pytest.fixture(scope="module")
-def kang_answers(pbmc_dir, kang_frame) -> np.ndarray:
-    """`annotate`'s answers for Kang (the runner: file in, obs[pbmc_predicted] out)."""
-    kang = cellzoo.read(data_file(KANG))
-    cellzoo.annotate(kang, str(pbmc_dir), gene_column="SYMBOL")
-    assert list(kang.obs_names) == list(kang_frame.index)
-    return kang.obs["pbmc_predicted"].astype(str).to_numpy()
 
 
 def request_frame(frame: pd.DataFrame, genes: list[str]) -> pd.DataFrame:
