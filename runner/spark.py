@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd  # at the top: pyspark reads the pandas UDF's type hints (this module is imported on use)
 
 from runner import keys
-from runner.errors import InputError
+from runner.errors import InputError, UsageError
 from runner.keys import ResultKeys
 from runner.options import ModelOptions, RunOptions, split_options
 
@@ -90,6 +90,11 @@ def annotate_spark(df, model: str, *, key_added: str | None = None, genes: list[
     params = {name: getattr(run, name) for name in ANSWER_OPTIONS}
     info = read_model_info(source.resolve(model).path)
     key = ResultKeys(key_added or info.name).key
+    taken = [c for c in (*ResultKeys(key).obs_keys(), *ResultKeys(key).obsm_keys()) if c in df.columns]
+    if taken:
+        raise UsageError(
+            f"the DataFrame already has {', '.join(taken)}: drop those columns, or pass key_added= with another key"
+        )
     numeric = (T.NumericType,)
     genes = list(genes) if genes is not None else [f.name for f in df.schema.fields if isinstance(f.dataType, numeric)]
     missing = [g for g in genes if g not in df.columns]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import cellzoo
-from runner.errors import InputError
+from runner.errors import InputError, UsageError
 
 pytestmark = pytest.mark.slow
 
@@ -59,6 +59,10 @@ def test_spark_refuses_what_annotate_refuses(spark, kang_cells, pbmc_dir):
     with pytest.raises(InputError, match="none of the DataFrame's columns"):
         cellzoo.annotate_spark(no_genes, str(pbmc_dir))
     from pyspark.sql import functions as F
+
+    annotated_before = kang_cells.withColumn("pbmc_predicted", F.lit("T_CD4"))
+    with pytest.raises(UsageError, match="already has pbmc_predicted"):  # never two columns of one name
+        cellzoo.annotate_spark(annotated_before, str(pbmc_dir))
 
     logged = kang_cells.select("barcode", *[F.log1p(F.col(f"`{c}`")).alias(c) for c in kang_cells.columns[1:]])
     with pytest.raises(ValueError, match="raw counts"):
