@@ -3,8 +3,8 @@
 celltypist 1.7.1's default solver, ``LogisticRegression(multi_class="ovr")``, fails with scikit-learn >= 1.8
 (which no longer accepts ``multi_class``), and cellzoo's environment has a newer scikit-learn. Rather than
 running CellTypist in another configuration (SGD), the benchmarks give it the environment it supports:
-``python -m venv`` + ``pip install celltypist==1.7.1 scikit-learn==1.7.2 pynndescent==0.6.0`` (pip's own configuration, so
-local wheels are found; bytecode compiled), created once under ``$CELLZOO_BENCH_DIR`` (default
+``python -m venv`` + ``pip install celltypist==1.7.1 scikit-learn==1.7.2 pynndescent==0.6.0`` (pip's own
+configuration, so local wheels are found; bytecode compiled), created once under ``$CELLZOO_BENCH_DIR`` (default
 ``/tmp/cellzoo-bench``) and reused. :func:`run_celltypist` hands it h5ad files and reads CSVs back
 (``benchmarks/celltypist_peer.py``): nothing is pickled between the environments.
 """
