@@ -54,6 +54,17 @@ def gene_share(counts, total: np.ndarray) -> np.ndarray:
     return np.asarray(shares.mean(axis=0)).ravel()
 
 
+def composition_counts(counts, genes, columns) -> tuple:
+    """What the composition is fitted on, from a reference's raw counts over all its ``genes``: the counts of
+    the model's genes (``columns``) with the technical ones zeroed, and each cell's total over every
+    non-technical gene."""
+    import scipy.sparse as sp
+
+    kept = ~technical(genes)
+    totals = np.asarray(counts[:, kept].sum(axis=1)).ravel()
+    return counts[:, columns] @ sp.diags(kept[columns].astype(np.float64)), totals
+
+
 def class_gene_share(counts, total: np.ndarray, labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """(classes x genes) :func:`gene_share` of each class's reference cells (``total``: over the non-technical
     genes); technical genes of ``counts`` should already be zero or left out by the caller."""

@@ -126,6 +126,24 @@ class ResultKeys:
     def provenance(self) -> str:  # uns: how the run was made
         return self.key
 
+    def of_output(self, columns) -> dict[str, str]:
+        """The model's per-cell output columns (the contract's) that name an ``obs`` field, and that field:
+        ``answer`` -> ``K_predicted``, ``label`` -> ``K_finest``, ``level:<name>`` -> ``K_<name>``, ..."""
+        fields = {
+            ANSWER: self.predicted,
+            ANSWER_ONTOLOGY_TERM_ID: self.ontology_term_id,
+            UNCERTAINTY: self.uncertainty,
+            NOVELTY: self.novelty,
+            LABEL: self.finest,
+            ONTOLOGY_TERM_ID: self.finest_ontology_term_id,
+            ANSWER_KIND: self.answer_kind,
+        }
+        for column in columns:
+            if column.startswith(LEVEL_PREFIX):
+                name, _, term = column.removeprefix(LEVEL_PREFIX).partition(":")
+                fields[column] = self.level_ontology_term_id(name) if term else self.level(name)
+        return {column: fields[column] for column in columns if column in fields}
+
     def obs_keys(self) -> list[str]:
         levels = [key for name in LEVELS for key in (self.level(name), self.level_ontology_term_id(name))]
         return [

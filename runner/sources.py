@@ -18,6 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from runner.errors import InputError, UsageError
+from runner.files import copy_file
 from runner.query import (
     as_csr,
     candidate_matrices,
@@ -177,7 +178,7 @@ class StreamedFile:
 
     def output(self, path: Path):
         """:func:`runner.write.streamed_output`: the copy of the input begins now, in the background."""
-        return streamed_output(self.path, path, **({"copy": zarr_to_h5ad} if self.kind == ZARR else {}))
+        return streamed_output(self.path, path, zarr_to_h5ad if self.kind == ZARR else copy_file)
 
     def close(self) -> None:
         self._close()

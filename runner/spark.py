@@ -48,26 +48,6 @@ def _spark_type(dtype):
     return T.StringType()
 
 
-def result_fields(frame, key: str) -> dict[str, str]:
-    """The model's output columns (the contract's) -> the names ``annotate`` gives them (``K_predicted``, ...)."""
-    result = ResultKeys(key)
-    names = {
-        keys.ANSWER: result.predicted,
-        keys.ANSWER_ONTOLOGY_TERM_ID: result.ontology_term_id,
-        keys.UNCERTAINTY: result.uncertainty,
-        keys.NOVELTY: result.novelty,
-        keys.LABEL: result.finest,
-        keys.ONTOLOGY_TERM_ID: result.finest_ontology_term_id,
-        keys.ANSWER_KIND: result.answer_kind,
-    }
-    for column in frame.columns:
-        level = column.removeprefix(keys.LEVEL_PREFIX)
-        if column.startswith(keys.LEVEL_PREFIX):
-            name, _, term = level.partition(":")
-            names[column] = result.level_ontology_term_id(name) if term else result.level(name)
-    return {column: names[column] for column in frame.columns if column in names}
-
-
 def annotate_spark(df, model: str, *, key_added: str | None = None, genes: list[str] | None = None, **options: Any):
     """``df`` with the answers of zoo model ``model`` added, as ``annotate`` names them (key ``K``:
     ``key_added``, else the model's name): ``K_predicted``, ``K_ontology_term_id``, ``K_uncertainty``,
@@ -89,14 +69,14 @@ def annotate_spark(df, model: str, *, key_added: str | None = None, genes: list[
     run, source = split_options(options, (RunOptions, ModelOptions))
     params = {name: getattr(run, name) for name in ANSWER_OPTIONS}
     info = read_model_info(source.resolve(model).path)
-    key = ResultKeys(key_added or info.name).key
-    taken = [c for c in (*ResultKeys(key).obs_keys(), *ResultKeys(key).obsm_keys()) if c in df.columns]
+    result = ResultKeys(key_added or info.name)
+    taken = [c for c in (*result.obs_keys(), *result.obsm_keys()) if c in df.columns]
     if taken:
         raise UsageError(
             f"the DataFrame already has {', '.join(taken)}: drop those columns, or pass key_added= with another key"
         )
-    numeric = (T.NumericType,)
-    genes = list(genes) if genes is not None else [f.name for f in df.schema.fields if isinstance(f.dataType, numeric)]
+    numeric = [f.name for f in df.schema.fields if isinstance(f.dataType, T.NumericType)]
+    genes = list(genes) if genes is not None else numeric
     missing = [g for g in genes if g not in df.columns]
     if missing:
         raise InputError(f"genes names {len(missing)} columns the DataFrame lacks, e.g. {missing[0]!r}")
@@ -123,14 +103,13 @@ def annotate_spark(df, model: str, *, key_added: str | None = None, genes: list[
     udf = mlflow.pyfunc.spark_udf(
         df.sparkSession, str(info.path), result_type=result_type, env_manager="local", params=params
     )
-    output = f"__{key}_output"
+    output = f"__{result.key}_output"
     annotated = df.withColumn(output, udf(F.struct(*inputs)))
-    result = ResultKeys(key)
 
     def field(name: str):
         return F.col(output).getField(name)
 
-    columns = [field(name).alias(alias) for name, alias in result_fields(answered, key).items()]
+    columns = [field(name).alias(alias) for name, alias in result.of_output(answered.columns).items()]
     probabilities = [c for c in answered.columns if c.startswith(keys.PROB_PREFIX)]
     columns.append(
         F.struct(*[field(c).alias(c.removeprefix(keys.PROB_PREFIX)) for c in probabilities]).alias(result.probabilities)

@@ -154,10 +154,15 @@ def write_results(
         names[silent], ids[silent] = keys.UNASSIGNED, ""
         obs[result.level(level)] = _categorical(names)
         obs[result.level_ontology_term_id(level)] = pd.Categorical(ids)
+    matrices = {  # each read from the frame once: the vote and obsm share them
+        result.probabilities: _matrix(frame, keys.PROB_PREFIX),
+        result.embedding: _matrix(frame, keys.EMB_PREFIX),
+        result.umap: _matrix(frame, keys.UMAP_PREFIX),
+    }
     n_clusters = 0
     if majority_voting:
-        embedding = _matrix(frame, keys.EMB_PREFIX)  # a model without one: its probabilities
-        clusters = over_cluster(embedding if embedding is not None else _matrix(frame, keys.PROB_PREFIX))
+        embedding = matrices[result.embedding]  # a model without one: its probabilities
+        clusters = over_cluster(embedding if embedding is not None else matrices[result.probabilities])
         voted, _ = vote(clusters, answer)
         ids = dict(zip(answer, answer_id, strict=True))
         n_clusters = int(clusters.max(initial=-1)) + 1
@@ -171,12 +176,8 @@ def write_results(
     for key, values in obs.items():
         if values is not None:
             adata.obs[key] = values
-    prob_cols = _columns(frame, keys.PROB_PREFIX)
-    classes = [c.removeprefix(keys.PROB_PREFIX) for c in prob_cols]
-    if prob_cols:
-        adata.obsm[result.probabilities] = frame[prob_cols].to_numpy(dtype=np.float32)
-    for key, prefix in ((result.embedding, keys.EMB_PREFIX), (result.umap, keys.UMAP_PREFIX)):
-        values = _matrix(frame, prefix)
+    classes = [c.removeprefix(keys.PROB_PREFIX) for c in _columns(frame, keys.PROB_PREFIX)]
+    for key, values in matrices.items():
         if values is not None:
             adata.obsm[key] = values
     voting = {"majority_voting": {"clusters": n_clusters}} if majority_voting else {}
@@ -223,17 +224,17 @@ def zarr_to_h5ad(source: Path, target: Path) -> Path:
     layer and ``raw.X`` are copied ``COPY_VALUES`` at a time (sparse: their ``data``, ``indices``, ``indptr``;
     dense: blocks of rows), every other element through anndata (``read_elem``/``write_elem``)."""
     import zarr
-    from anndata.io import read_elem, write_elem
 
     try:
-        _zarr_into_h5ad(zarr.open_group(source, mode="r"), target, read_elem, write_elem)
+        _zarr_into_h5ad(zarr.open_group(source, mode="r"), target)
     except Exception as err:  # a damaged element of the store: said in one line, the output removed
         raise InputError(f"{source} could not be copied into the output: {err}") from err
     return target
 
 
-def _zarr_into_h5ad(store, target: Path, read_elem, write_elem) -> None:
+def _zarr_into_h5ad(store, target: Path) -> None:
     import h5py
+    from anndata.io import read_elem, write_elem
 
     with h5py.File(target, "w") as out:
         out.attrs.update(dict(store.attrs))

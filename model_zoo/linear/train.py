@@ -88,9 +88,7 @@ def novelty_scales(
     training cells (``held`` left out), the scales on the ``held`` reference cells (their distance to the other
     reference cells, their share of counts in the model's genes)."""
     classes = np.unique(labels)
-    kept_genes = ~novelty.technical(genes)
-    totals = np.asarray(counts[:, kept_genes].sum(axis=1)).ravel()
-    model_counts = counts[:, features.selected] @ sp.diags(kept_genes[features.selected].astype(np.float64))
+    model_counts, totals = novelty.composition_counts(counts, genes, features.selected)
     train = np.setdiff1d(np.arange(len(labels)), held)
     share = novelty.class_gene_share(model_counts[train], totals[train], labels[train], classes)
     index = NearestReference(latent, novelty.NEIGHBORS + 1)

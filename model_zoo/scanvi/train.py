@@ -99,9 +99,7 @@ def train(
         else np.zeros(counts.shape[1], dtype=bool)
     )
     kept = compute.select_genes(counts, hvg, params["min_detection"])
-    kept_genes = ~novelty.technical(genes)  # the novelty score's composition: totals over the other genes
-    totals = np.asarray(counts[:, kept_genes].sum(axis=1)).ravel()
-    composition = counts[:, kept] @ sp.diags(kept_genes[kept].astype(np.float64))
+    composition, totals = novelty.composition_counts(counts, genes, kept)  # before counts keep only `kept`
     counts, genes = counts[:, kept], np.asarray(genes)[kept].astype(str)
     floor = params["min_detection"]
     rest = "no detection floor" if floor is None else f"the rest detected in >= {floor} of cells"
