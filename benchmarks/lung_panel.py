@@ -32,7 +32,7 @@ import yaml
 
 if not __package__:  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.report import markdown_table
+from benchmarks.report import markdown_table, publish
 from model_zoo import build
 from model_zoo.metrics import ontology_match
 from model_zoo.ontology import class_hierarchy
@@ -173,10 +173,7 @@ def main(argv: list[str] | None = None) -> str:
     with tempfile.TemporaryDirectory(prefix="cellzoo-panel-") as tmp:
         rows, facts = run(args.data, Path(tmp))
     text = report(rows, facts)
-    args.docs_dir.mkdir(parents=True, exist_ok=True)
-    (args.docs_dir / "lung_panel.md").write_text(text)
-    print(text)
-    return text
+    return publish(args.docs_dir, "lung_panel.md", text)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:
@@ -12,8 +12,15 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
 
 
 def package_version(package: str, missing: str = "not installed") -> str:
-    """The installed version of ``package``, or ``missing``."""
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return missing
+    """The installed version of ``package`` (or of a build of it, such as xgboost-cpu), or ``missing``."""
+    from runner.envs import installed_version
+
+    return installed_version(package) or missing
+
+
+def publish(docs_dir: Path, name: str, text: str) -> str:
+    """Write a benchmark's fragment ``docs_dir/name`` (the folder made if needed), print it and return it."""
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    (docs_dir / name).write_text(text)
+    print(text)
+    return text

@@ -19,7 +19,7 @@ from pathlib import Path
 if not __package__:  # run as a script (python benchmarks/run.py): make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import accuracy, lung, lung_panel, novelty, placement, scale, voting
+from benchmarks import accuracy, cluster, lung, lung_panel, novelty, placement, scale, voting
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -31,6 +31,7 @@ PARTS = {
     "placement": placement.main,
     "voting": voting.main,
     "scale": scale.main,
+    "cluster": cluster.main,
 }
 HEADER = """# Benchmarks
 
@@ -47,6 +48,7 @@ part names its machine, versions and settings. Plots are in `docs/benchmarks/`.
 - [Placement on the reference map](#placement-on-the-reference-map): {placement}
 - [Majority voting: cellzoo against CellTypist](#majority-voting-cellzoo-against-celltypist): {voting}
 - [Scale and speed](#scale-and-speed): {scale}
+- [Dask: annotate on a cluster](#dask-annotate-on-a-cluster): {cluster}
 
 [novelty]: #novelty-types-tissues-and-species-the-model-never-saw
 """

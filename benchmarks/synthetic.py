@@ -144,3 +144,15 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def add_size_options(parser, quick_sizes: tuple[int, ...], fragment: str) -> None:
+    """The options of a benchmark run on SYNTHETIC queries: ``--sizes``, ``--quick`` (``quick_sizes``),
+    ``--data-dir`` (the cache), ``--docs-dir`` (where ``fragment`` goes) and ``--mem-limit-gb``."""
+    from benchmarks.accuracy import DEFAULT_OUT
+
+    parser.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], help="cells, comma-separated")
+    parser.add_argument("--quick", action="store_true", help=f"synthetic size {quick_sizes} only")
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir(), help="synthetic queries are cached here")
+    parser.add_argument("--docs-dir", type=Path, default=DEFAULT_OUT, help=f"folder for {fragment}")
+    parser.add_argument("--mem-limit-gb", type=float, default=20.0, help="kill a run whose process tree goes above")

@@ -31,8 +31,8 @@ import anndata as ad
 if not __package__:  # run as a script (python benchmarks/voting.py): make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import accuracy, lung, peers, scale
-from benchmarks.report import markdown_table
-from benchmarks.synthetic import cached_synthetic, default_data_dir
+from benchmarks.report import markdown_table, publish
+from benchmarks.synthetic import add_size_options, cached_synthetic
 from runner.keys import UNASSIGNED, ResultKeys
 
 SIZES = (100_000, 1_000_000)
@@ -112,11 +112,7 @@ def scale_rows(sizes: list[int], data_dir: Path, mem_limit_gb: float) -> list[li
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(prog="benchmarks/voting.py", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=accuracy.DEFAULT_DATA, help="the shared data folder")
-    parser.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], help="cells, comma-separated")
-    parser.add_argument("--quick", action="store_true", help=f"synthetic size {QUICK_SIZES} only")
-    parser.add_argument("--data-dir", type=Path, default=default_data_dir(), help="synthetic queries are cached here")
-    parser.add_argument("--docs-dir", type=Path, default=accuracy.DEFAULT_OUT, help="folder for voting.md")
-    parser.add_argument("--mem-limit-gb", type=float, default=20.0, help="kill a run whose process tree goes above")
+    add_size_options(parser, QUICK_SIZES, "voting.md")
     args = parser.parse_args(argv)
     sizes = args.sizes or list(QUICK_SIZES if args.quick else SIZES)
     accuracy.quiet_logs()
@@ -159,10 +155,7 @@ first, peak RSS of the process tree, killed above {args.mem_limit_gb:g} GB). cel
 ### Reproduce
     {command}
 """
-    args.docs_dir.mkdir(parents=True, exist_ok=True)
-    (args.docs_dir / "voting.md").write_text(text)
-    print(text)
-    return text
+    return publish(args.docs_dir, "voting.md", text)
 
 
 if __name__ == "__main__":

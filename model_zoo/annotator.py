@@ -32,9 +32,13 @@ class ZooAnnotator(mlflow.pyfunc.PythonModel):
         latent: np.ndarray,
         umap: np.ndarray,
         distances: np.ndarray,
+        indices: np.ndarray,
     ):
-        """The contract's output frame, with the novelty score (:func:`model_zoo.novelty.query_score`)."""
-        score = novelty.query_score(distances, counts, totals, probabilities, present, self.technical, self.weights)
+        """The contract's output frame, with the novelty score (:func:`model_zoo.novelty.query_score`) from the
+        ``distances`` to the nearest reference cells and their ``indices``."""
+        score = novelty.query_score(
+            distances, indices, counts, totals, probabilities, present, self.technical, self.weights
+        )
         return contract.output_frame(
             self.weights.classes,
             probabilities,

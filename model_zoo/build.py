@@ -53,11 +53,12 @@ TIMING_CELLS = 10_000  # annotation time reported in the card: per this many cel
 
 
 NOVELTY_NOTE = (
-    "how unlike the reference a cell is: the larger of its distance to its nearest reference cells in the model's "
-    "space (divided by the value that 0.5% of held-out reference cells exceed) and the shortfall of the share of "
-    "its counts in the model's genes against its class's reference cells (technical genes left out; 1.0 at the "
-    "lower of the held-out 0.5% quantile and 0.6 of the share); above the runner's --novelty-threshold (1.0) a "
-    "cell is 'Unassigned' (model_zoo.novelty)"
+    "how unlike the reference a cell is: the larger of (1) its mean distance to its 10 nearest reference cells in "
+    "the model's space against how far apart reference cells sit there (over the square root of the spread of its "
+    "most probable class times that of its neighbours), divided by the value that 0.5% of reference cells exceed, "
+    "and (2) the shortfall of the share of its counts in the model's genes against its class's reference cells "
+    "(technical genes left out; 1.0 at the lower of the held-out 0.5% quantile and 0.6 of the share); above the "
+    "runner's --novelty-threshold (1.0) a cell is 'Unassigned' (model_zoo.novelty)"
 )
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from types import ModuleType
 
 FAMILIES = ("linear", "xgboost", "scanvi")
+# the libraries a family needs beyond cellzoo's own (its pip extra, named after the family)
+EXTRA_MODULES = {"xgboost": ("xgboost",), "scanvi": ("torch", "scvi")}
 QUERY_MAPPINGS = ("per_cell", "whole_query")
 
 
@@ -52,6 +54,13 @@ def load_family(name: str) -> Family:
     """The family ``name`` (one of ``FAMILIES``), its interface checked."""
     if name not in FAMILIES:
         raise FamilyError(f"unknown family {name!r}; families: {', '.join(FAMILIES)}")
+    for module in EXTRA_MODULES.get(name, ()):  # imported now (the build needs them), not at training's end
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise FamilyError(
+                f"family {name!r} needs {module}, which is not installed here: pip install 'cellzoo[{name}]'"
+            ) from None
     train = importlib.import_module(f"model_zoo.{name}.train")
     pyfunc = importlib.import_module(f"model_zoo.{name}.pyfunc")
     missing = [f"train.{a}" for a in ("train", "UNCERTAINTY", "STORES") if not hasattr(train, a)]

@@ -180,11 +180,12 @@ class UmapPlacement(NearestReference):
         """UMAP coordinates (n x 2) of query cells (:meth:`place`)."""
         return self.place(latent, labels)[0]
 
-    def place(self, latent: np.ndarray, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """UMAP coordinates (n x 2) of query cells with predicted class indices ``labels`` and the distances
-        (n x k, ascending) to the nearest reference cells they rest on (which the novelty score reuses)."""
+    def place(self, latent: np.ndarray, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """UMAP coordinates (n x 2) of query cells with predicted class indices ``labels``, and the distances
+        (n x k, ascending) and indices of the nearest reference cells they rest on (which the novelty score
+        reuses)."""
         distances, indices = self.neighbours(latent)
-        return self.position(latent, distances, indices, labels), distances
+        return self.position(latent, distances, indices, labels), distances, indices
 
     def position(self, latent, distances: np.ndarray, indices: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
         """UMAP coordinates of cells whose nearest reference cells are already known."""

@@ -279,19 +279,31 @@ def _predict(query, checked: CheckedQuery, info, params, run: RunOptions):
     environment: dict = {"manager": manager}
     model = load_pyfunc(info) if manager == "local" else None
     per_block = model is not None and not info.maps_whole_query
+    cluster = _cluster(run, info, model, per_block)
+    if cluster is not None:
+        environment["scheduler"] = run.scheduler
     outputs, totals, in_model, kept_totals = [], [], [], []
     n_blocks = -(-query.n_obs // batch_size)
     pattern = info.metadata.get(keys.CELL_TOTALS_EXCLUDE)  # the genes the model's novelty totals leave out
     excluded = checked.alignment.matching(pattern) if pattern else None
     blocks = aligned_blocks(query, checked, batch_size, excluded)
-    with model_threads():
-        for total, total_in_model, kept, aligned in tqdm(
-            blocks, total=n_blocks, desc="annotate", unit="batch", disable=n_blocks < 2
-        ):
-            totals.append(total)
-            in_model.append(total_in_model)
-            kept_totals.append(kept)
-            outputs.append(predict_batch(model, aligned, _with_totals(params, kept)) if per_block else aligned)
+    try:
+        with model_threads():
+            for total, total_in_model, kept, aligned in tqdm(
+                blocks, total=n_blocks, desc="annotate", unit="batch", disable=n_blocks < 2
+            ):
+                totals.append(total)
+                in_model.append(total_in_model)
+                kept_totals.append(kept)
+                if cluster is not None:
+                    cluster.submit(aligned, _with_totals(params, kept))
+                else:
+                    outputs.append(predict_batch(model, aligned, _with_totals(params, kept)) if per_block else aligned)
+        if cluster is not None:
+            outputs = cluster.results()
+    finally:
+        if cluster is not None:
+            cluster.close()
     cells = check_cells(np.concatenate(totals), np.concatenate(in_model), query.obs_names)
     for line in cells.warnings() + checked.genes.warnings:
         logger.warning(line)
@@ -305,6 +317,27 @@ def _predict(query, checked: CheckedQuery, info, params, run: RunOptions):
     environment |= {"key": record["key"], "reused": record["reused"], "build_seconds": record["seconds"]}
     in_env_batch = counts.shape[0] if info.maps_whole_query else batch_size
     return predict_in_env(python, info, counts, cell_totals, params, max(in_env_batch, 1)), cells, environment
+
+
+def _cluster(run: RunOptions, info, model, per_block: bool):
+    """The :class:`runner.cluster.ClusterPredictor` of ``--scheduler`` (None without it); refuses a model that
+    cannot run block by block in the workers' interpreter."""
+    if not run.scheduler:
+        return None
+    if info.maps_whole_query:
+        raise UsageError(
+            f"--scheduler annotates blocks of cells on the workers; model {info.name} maps the whole query at "
+            "once (one scArches surgery): run it without --scheduler"
+        )
+    if not per_block:
+        raise UsageError(
+            f"--scheduler runs the model in the workers' Python, and model {info.name} needs an environment of its "
+            f"own here (--env-manager {run.env_manager}): install its pins (requirements.txt) where annotate and "
+            "the workers run, or run it without --scheduler"
+        )
+    from runner.cluster import ClusterPredictor
+
+    return ClusterPredictor(run.scheduler, model, info.name)
 
 
 def _with_totals(params: dict | None, totals: np.ndarray) -> dict:
@@ -340,6 +373,8 @@ def aligned_blocks(
 
 
 def _describe(environment: dict) -> str:
+    if "scheduler" in environment:
+        return f"the workers of the dask scheduler at {environment['scheduler']}"
     if environment["manager"] == "local":
         return "local (this interpreter)"
     how = "reused" if environment["reused"] else f"built in {environment['build_seconds']} s"

@@ -202,6 +202,7 @@ def annotate(
     min_gene_overlap: MinGeneOverlap = CheckOptions.min_gene_overlap,
     env_manager: Annotated[str, _flag(RunOptions, "env_manager")] = RunOptions.env_manager,
     device: Annotated[str | None, _flag(RunOptions, "device")] = None,
+    scheduler: Annotated[str | None, _flag(RunOptions, "scheduler")] = None,
     trust: Trust = False,
     offline: Offline = False,
     tracking_uri: TrackingUri = None,

@@ -36,6 +36,9 @@ ENVS_ENV = "CELLZOO_ENVS_DIR"
 COMPLETE = "cellzoo-env.json"  # written last: the environment is complete; what it was built from
 PIN = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;#]+)\s*$")
 BUILD_TIMEOUT = 3600
+# distributions that install the same importable package as a model's pin names: xgboost-cpu is xgboost's
+# CPU-only build (cellzoo[xgboost] on Linux and Windows), without NCCL
+SAME_PACKAGE = {"xgboost": ("xgboost", "xgboost-cpu")}
 
 
 @dataclass(frozen=True)
@@ -78,14 +81,24 @@ def local_mismatches(spec: EnvSpec) -> list[str]:
             problems.append(f"{requirement} (not an exact pin)")
             continue
         name, wanted = pin.groups()
-        try:
-            installed = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
+        installed = installed_version(name)
+        if installed is None:
             problems.append(f"{name} not installed (model: {wanted})")
             continue
         if installed.split("+")[0] != wanted.split("+")[0]:
             problems.append(f"{name} {installed} (model: {wanted})")
     return problems
+
+
+def installed_version(name: str) -> str | None:
+    """The version of distribution ``name`` in this interpreter, or of a build of the same package
+    (``SAME_PACKAGE``); None when none is installed."""
+    for candidate in SAME_PACKAGE.get(name.lower(), (name,)):
+        try:
+            return importlib.metadata.version(candidate)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def choose_manager(requested: str, spec: EnvSpec) -> str:

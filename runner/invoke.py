@@ -77,6 +77,12 @@ def load_pyfunc(info: ModelInfo):
         # the runner has checked the model's pins itself (runner.envs.choose_manager): MLflow's own check
         # of the installed packages would take a second more
         return mlflow.pyfunc.load_model(str(info.path), suppress_warnings=True)
+    except ModuleNotFoundError as err:
+        raise ModelError(
+            f"model {info.name} needs the Python package {err.name!r}, which this interpreter lacks: run it in its "
+            "own environment (--env-manager auto, the default) or install the family's extra (pip install "
+            "'cellzoo[scanvi]' or 'cellzoo[xgboost]')"
+        ) from err
     except (ImportError, OSError, mlflow.exceptions.MlflowException) as err:
         raise ModelError(f"cannot load model {info.name} from {info.path}: {err}") from err
 

@@ -195,6 +195,11 @@ class RunOptions(Options):
         choices=ENV_MANAGERS,
     )
     device: str | None = option(None, "Device for models that take one (xgboost, scanvi): cpu or cuda.")
+    scheduler: str | None = option(
+        None,
+        "Address of a dask.distributed scheduler (tcp://HOST:PORT): blocks of cells are annotated on its workers "
+        "(pip install 'cellzoo[dask]'; see README, Scale).",
+    )
     backed: bool | None = option(
         None,
         "h5ad: stream the matrix from disk a batch at a time, or read it whole [default: stream from 100,000 cells].",

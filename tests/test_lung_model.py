@@ -60,7 +60,8 @@ def test_panel_exact_model_trains_on_the_panel_and_annotates_a_panel_query(tmp_p
     done = run_cli("cellzoo", *build, "--out", str(tmp_path / "build"), "--timing-cells", "0", "-q")
     assert done.returncode == 0, done.stderr
     model_dir = next(p for p in (tmp_path / "build").iterdir() if p.is_dir())
-    assert model_dir.name.startswith("lung-1.0.0+panel.")
+    version = yaml.safe_load((ROOT / "model_zoo" / "recipes" / "lung.yaml").read_text())["version"]
+    assert model_dir.name.startswith(f"lung-{version}+panel.")
     genes = (model_dir / "artifacts" / "genes.txt").read_text().split()
     assert set(genes) <= set(query.var_names)  # exactly the panel's genes, nothing it lacks
     meta = yaml.safe_load((model_dir / "MLmodel").read_text())["metadata"]

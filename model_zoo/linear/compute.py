@@ -45,6 +45,10 @@ class LinearWeights:
     novelty_share_floor: float = np.nan
     class_gene_share: np.ndarray | None = None  # (K, G) model_zoo.novelty.class_gene_share
     reference_label: np.ndarray = field(default_factory=no_reference_labels)  # (N,) class per reference cell
+    # model_zoo.novelty.local_distance_fit (None, NaN: a model built before them)
+    novelty_reference_distance: np.ndarray | None = None  # (N,) each reference cell's distance to its nearest
+    novelty_class_distance_scale: np.ndarray | None = None  # (K,)
+    novelty_local_scale: float = np.nan
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {
@@ -61,8 +65,17 @@ class LinearWeights:
             "reference_umap": self.reference_umap.astype(np.float32),
             "novelty_distance_scale": np.float32(self.novelty_distance_scale),
             "novelty_share_floor": np.float32(self.novelty_share_floor),
+            "novelty_local_scale": np.float32(self.novelty_local_scale),
             "reference_label": np.asarray(self.reference_label, dtype=np.int32),
-        } | ({} if self.class_gene_share is None else {"class_gene_share": self.class_gene_share.astype(np.float32)})
+        } | {
+            name: np.asarray(value, dtype=np.float32)
+            for name, value in (
+                ("class_gene_share", self.class_gene_share),
+                ("novelty_reference_distance", self.novelty_reference_distance),
+                ("novelty_class_distance_scale", self.novelty_class_distance_scale),
+            )
+            if value is not None
+        }
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> LinearWeights:
@@ -82,6 +95,9 @@ class LinearWeights:
             novelty_share_floor=float(arrays.get("novelty_share_floor", np.nan)),
             class_gene_share=arrays.get("class_gene_share"),
             reference_label=np.asarray(arrays.get("reference_label", np.zeros(0)), dtype=np.int32),
+            novelty_reference_distance=arrays.get("novelty_reference_distance"),
+            novelty_class_distance_scale=arrays.get("novelty_class_distance_scale"),
+            novelty_local_scale=float(arrays.get("novelty_local_scale", np.nan)),
         )
 
 
@@ -195,7 +211,7 @@ def embed(counts: sp.csr_matrix, present: np.ndarray, space: PcaSpace) -> tuple[
 def predict_arrays(counts: sp.csr_matrix, present: np.ndarray, weights: LinearWeights, placement):
     """Probabilities (n x K), PCA embedding (n x P), UMAP (n x 2, by ``placement``, a
     :class:`model_zoo.placement.UmapPlacement`, beside reference cells of the most probable class) and the
-    distances to the nearest reference cells (n x k, ascending) for raw counts in model gene order."""
+    distances (n x k, ascending) and indices of the nearest reference cells for raw counts in model gene order."""
     log_expr, latent = embed(counts, present, weights)
     full = impute_missing(log_expr, latent, present, weights)
     logits = (full @ weights.coef.T.astype(full.dtype)).astype(np.float64) + weights.intercept

@@ -29,8 +29,8 @@ class LinearAnnotator(ZooAnnotator):
 
     def predict(self, context, model_input, params: dict | None = None):
         counts, present, totals = contract.as_model_matrix(model_input, self.weights.genes, params)
-        probs, latent, umap, distances = compute.predict_arrays(counts, present, self.weights, self.placement)
-        return self.answer(params, counts, present, totals, probs, latent, umap, distances)
+        probs, latent, umap, distances, indices = compute.predict_arrays(counts, present, self.weights, self.placement)
+        return self.answer(params, counts, present, totals, probs, latent, umap, distances, indices)
 
 
 def save_model(path: Path, weights: compute.LinearWeights, labels: dict, metadata: dict) -> None:

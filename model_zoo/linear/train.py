@@ -95,7 +95,8 @@ def novelty_scales(
     scales = novelty.held_out_scales(
         index, latent[held], model_counts[held], totals[held], labels[held], classes, share, in_index=True
     )
-    return {"class_gene_share": share, **scales}
+    local = novelty.local_distance_fit(index, latent, np.searchsorted(classes, labels), len(classes))
+    return {"class_gene_share": share, **local, **scales}
 
 
 def fit_embedding(features: Features, params: dict) -> dict:
@@ -202,7 +203,7 @@ def train(
         "params": params,
         **split_sizes(train_idx, calib_idx, test_idx, features),
         **calibration,
-        "novelty": {k: round(v, 4) for k, v in scales.items() if k != "class_gene_share"},
+        "novelty": novelty.report(scales),
         "training_seconds": round(time.perf_counter() - start, 1),
     }
     return weights, report

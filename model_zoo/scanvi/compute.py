@@ -39,14 +39,19 @@ class ScanviWeights:
     class_gene_share: np.ndarray = None  # (K, G) model_zoo.novelty.class_gene_share
     novelty_distance_scale: float = np.nan  # model_zoo.novelty (NaN: a model built before it)
     novelty_share_floor: float = np.nan
+    # model_zoo.novelty.local_distance_fit (None, NaN: a model built before them)
+    novelty_reference_distance: np.ndarray | None = None  # (N,) each reference cell's distance to its nearest
+    novelty_class_distance_scale: np.ndarray | None = None  # (K,)
+    novelty_local_scale: float = np.nan
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {f.name: np.asarray(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {name: np.asarray(value) for name, value in values.items() if value is not None}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> ScanviWeights:
         values = {f.name: np.asarray(arrays[f.name]) for f in dataclasses.fields(cls) if f.name in arrays}
-        for name in ("novelty_distance_scale", "novelty_share_floor"):
+        for name in ("novelty_distance_scale", "novelty_share_floor", "novelty_local_scale"):
             values[name] = float(values.get(name, np.nan))
         values["genes"], values["classes"] = values["genes"].astype(str), values["classes"].astype(str)
         values["n_neighbors"], values["query_epochs"] = int(values["n_neighbors"]), int(values["query_epochs"])

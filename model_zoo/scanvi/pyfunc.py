@@ -54,7 +54,7 @@ class ScanviAnnotator(ZooAnnotator):
             distances[:, :k], neighbours[:, :k], self.weights.reference_label, len(self.weights.classes)
         )
         umap = self.index.position(latent, distances, neighbours, probs.argmax(axis=1))
-        return self.answer(params, counts, present, totals, probs, latent, umap, distances)
+        return self.answer(params, counts, present, totals, probs, latent, umap, distances, neighbours)
 
 
 def save_model(path: Path, model, labels: dict, metadata: dict) -> None:

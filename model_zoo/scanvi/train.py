@@ -125,6 +125,9 @@ def train(
     scales = novelty.held_out_scales(
         index, test_latent, composition[test_idx], totals[test_idx], labels[test_idx], classes, share, in_index=False
     )
+    scales |= novelty.local_distance_fit(
+        NearestReference(reference_latent, novelty.NEIGHBORS + 1), reference_latent, reference_label, len(classes)
+    )
     embedding = umap.UMAP(n_neighbors=params["umap_neighbors"], random_state=params["seed"]).fit_transform(
         reference_latent
     )
@@ -148,7 +151,7 @@ def train(
         "n_genes": {"highly_variable": int(hvg.sum()), "kept": len(kept)},
         "epochs": epochs,
         "held_out": classification_report(classes[probs.argmax(axis=1)], labels[test_idx], probs.max(axis=1)),
-        "novelty": {k: round(v, 4) for k, v in scales.items()},
+        "novelty": novelty.report(scales),
         "training_seconds": round(training_seconds, 1),
     }
     return ScanviModel(weights, model), report

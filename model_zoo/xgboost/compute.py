@@ -46,6 +46,10 @@ class XGBoostWeights:
     novelty_share_floor: float = np.nan
     class_gene_share: np.ndarray | None = None  # (K, G) model_zoo.novelty.class_gene_share
     reference_label: np.ndarray = dataclasses.field(default_factory=no_reference_labels)  # (N,) class per cell
+    # model_zoo.novelty.local_distance_fit (None, NaN: a model built before them)
+    novelty_reference_distance: np.ndarray | None = None  # (N,) each reference cell's distance to its nearest
+    novelty_class_distance_scale: np.ndarray | None = None  # (K,)
+    novelty_local_scale: float = np.nan
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         out = {}
@@ -129,10 +133,10 @@ def margins(booster: xgb.Booster, latent: np.ndarray) -> np.ndarray:
 
 def predict_arrays(
     counts: sp.csr_matrix, present: np.ndarray, weights: XGBoostWeights, booster: xgb.Booster, placement
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, ...]:
     """Probabilities (n x K), PCA embedding (n x P), UMAP (n x 2, by ``placement``, a
-    :class:`model_zoo.placement.UmapPlacement`) and the distances to the nearest reference cells (n x k,
-    ascending) for raw counts in model gene order."""
+    :class:`model_zoo.placement.UmapPlacement`) and the distances (n x k, ascending) and indices of the nearest
+    reference cells for raw counts in model gene order."""
     _, latent = linear.embed(counts, present, weights)
     probs = linear.softmax(margins(booster, latent) / weights.temperature)
     return probs, latent, *placement.place(latent, probs.argmax(axis=1))

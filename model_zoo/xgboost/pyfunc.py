@@ -37,10 +37,10 @@ class XGBoostAnnotator(ZooAnnotator):
     def predict(self, context, model_input, params: dict | None = None):
         counts, present, totals = contract.as_model_matrix(model_input, self.weights.genes, params)
         self.booster.set_param({"device": (params or {}).get(DEVICE) or "cpu"})
-        probs, latent, umap, distances = compute.predict_arrays(
+        probs, latent, umap, distances, indices = compute.predict_arrays(
             counts, present, self.weights, self.booster, self.placement
         )
-        return self.answer(params, counts, present, totals, probs, latent, umap, distances)
+        return self.answer(params, counts, present, totals, probs, latent, umap, distances, indices)
 
 
 def save_model(path: Path, model: compute.XGBoostModel, labels: dict, metadata: dict) -> None:

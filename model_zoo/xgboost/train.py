@@ -9,6 +9,7 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
+from model_zoo import novelty
 from model_zoo.linear import train as linear_train
 from model_zoo.xgboost import compute
 
@@ -87,7 +88,7 @@ def train(
         **linear_train.split_sizes(train_idx, calib_idx, test_idx, features),
         "boosting_rounds": booster.num_boosted_rounds(),
         **calibration,
-        "novelty": {k: round(v, 4) for k, v in scales.items() if k != "class_gene_share"},
+        "novelty": novelty.report(scales),
         "training_seconds": round(time.perf_counter() - start, 1),
     }
     return compute.XGBoostModel(weights, booster), report
