@@ -18,7 +18,7 @@ from model_zoo.linear.compute import LinearWeights
 from runner.annotate import annotate
 from runner.options import RunOptions
 from runner.report import FIGURES, model_parts, write_report
-from tests.conftest import EXAMPLE, PBMC_ARCHIVE, data_file, unpack_zoo_model
+from tests.conftest import EXAMPLE, PBMC_ARCHIVE, PBMC_VERSION, data_file, unpack_zoo_model
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = [
@@ -61,7 +61,7 @@ def test_the_report_writes_every_figure_as_png_and_svg(report):
         assert (report.parent / "figures" / f"{name}.svg").read_text().lstrip().startswith("<?xml")
     page = report.read_text()
     assert page.count('src="data:image/png;base64,') == len(FIGURES)  # self-contained
-    assert "pbmc 1.3.0" in page and "Gene overlap" in page and "Provenance" in page
+    assert f"pbmc {PBMC_VERSION}" in page and "Gene overlap" in page and "Provenance" in page
     assert "CD79A" in (report.parent / "figures" / "dotplot.svg").read_text()  # B cells' marker, from the model
 
 
