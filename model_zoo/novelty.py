@@ -80,12 +80,11 @@ def class_gene_share(counts, total: np.ndarray, labels: np.ndarray, classes: np.
     return np.vstack([gene_share(counts[labels == c], np.asarray(total)[labels == c]) for c in classes])
 
 
-def mean_distance(index, latent: np.ndarray, exclude_self: bool = False) -> np.ndarray:
+def mean_distance(index, latent: np.ndarray) -> np.ndarray:
     """Mean distance of each cell to its ``NEIGHBORS`` nearest reference cells (``index``: a
-    :class:`model_zoo.placement.NearestReference` of at least ``NEIGHBORS`` (+1 with ``exclude_self``))."""
+    :class:`model_zoo.placement.NearestReference` of at least ``NEIGHBORS``)."""
     distances, _ = index.neighbours(latent)
-    start = 1 if exclude_self else 0
-    return distances[:, start : start + NEIGHBORS].mean(axis=1).astype(np.float64)
+    return distances[:, :NEIGHBORS].mean(axis=1).astype(np.float64)
 
 
 def log_share_ratio(in_model: np.ndarray, totals: np.ndarray, expected: np.ndarray) -> np.ndarray:
@@ -138,22 +137,20 @@ def calibrate(held_distance: np.ndarray, held_log_ratio: np.ndarray) -> dict[str
 
 
 def held_out_scales(
-    index,
-    held_latent: np.ndarray,
+    held_distance: np.ndarray,
     held_counts,
     held_totals: np.ndarray,
     held_labels: np.ndarray,
     classes: np.ndarray,
     class_share: np.ndarray,
-    in_index: bool,
 ) -> dict[str, float]:
-    """:func:`calibrate` on held-out reference cells: their latent coordinates, their counts in the model's
-    genes (technical ones zeroed), their totals over the non-technical genes and their labels; ``in_index``:
-    the cells are among the ``index``'s own (a cell is not its own neighbour: the search skips it)."""
-    distance = mean_distance(index, held_latent, exclude_self=in_index)
+    """:func:`calibrate` on held-out reference cells: their mean distance to their ``NEIGHBORS`` nearest
+    reference cells (:func:`mean_distance`, or :func:`local_distance_fit`'s for cells of the index, each
+    measured against the others), their counts in the model's genes (technical ones zeroed), their totals over
+    the non-technical genes and their labels."""
     expected = class_share.sum(axis=1)[np.searchsorted(classes, held_labels)]
     in_model = np.asarray(held_counts.sum(axis=1)).ravel()
-    return calibrate(distance, log_share_ratio(in_model, held_totals, expected))
+    return calibrate(held_distance, log_share_ratio(in_model, held_totals, expected))
 
 
 def report(scales: dict) -> dict[str, float]:

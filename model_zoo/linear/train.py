@@ -92,10 +92,9 @@ def novelty_scales(
     train = np.setdiff1d(np.arange(len(labels)), held)
     share = novelty.class_gene_share(model_counts[train], totals[train], labels[train], classes)
     index = NearestReference(latent, novelty.NEIGHBORS + 1)
-    scales = novelty.held_out_scales(
-        index, latent[held], model_counts[held], totals[held], labels[held], classes, share, in_index=True
-    )
     local = novelty.local_distance_fit(index, latent, np.searchsorted(classes, labels), len(classes))
+    held_distance = local["novelty_reference_distance"][held]  # each measured against the other cells
+    scales = novelty.held_out_scales(held_distance, model_counts[held], totals[held], labels[held], classes, share)
     return {"class_gene_share": share, **local, **scales}
 
 
