@@ -191,7 +191,7 @@ def annotate_query(
         keys.BACKOFF: run.backoff,
     }
     params = run_params(alignment.present, info.genes, answer_options | ({"device": run.device} if run.device else {}))
-    with query.output(output) as write_output:  # a streamed query's copy begins now
+    with query.output(output, result_keys.obsm_keys()) as write_output:  # a streamed query's copy begins now
         frame, cells, environment = _predict(query, checked, info, params, run)
         if query.rebuild is not None:
             logger.warning("%s", query.rebuild.describe())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -75,8 +75,9 @@ class MemoryQuery:
         return self.adata
 
     @contextlib.contextmanager
-    def output(self, path: Path) -> Iterator[Callable]:
-        """Yields ``write(target)``: the AnnData with its results, written to ``path`` atomically."""
+    def output(self, path: Path, owned: Sequence[str] = ()) -> Iterator[Callable]:
+        """Yields ``write(target)``: the AnnData with its results, written to ``path`` atomically (``owned``:
+        the run's obsm keys, for a streamed output; the target's own are replaced by the results)."""
         yield lambda target: write_h5ad_atomic(target, path)
 
     def close(self) -> None:
@@ -93,7 +94,7 @@ class AnnDataQuery(MemoryQuery):
         super().__init__(adata, InputDescription(None, "AnnData (in memory)"), counts_layer)
 
     @contextlib.contextmanager
-    def output(self, path: Path | None) -> Iterator[Callable]:
+    def output(self, path: Path | None, owned: Sequence[str] = ()) -> Iterator[Callable]:
         yield lambda target: None
 
 
@@ -176,9 +177,9 @@ class StreamedFile:
 
         return ad.AnnData(obs=self.obs)
 
-    def output(self, path: Path):
+    def output(self, path: Path, owned: Sequence[str] = ()):
         """:func:`runner.write.streamed_output`: the copy of the input begins now, in the background."""
-        return streamed_output(self.path, path, zarr_to_h5ad if self.kind == ZARR else copy_file)
+        return streamed_output(self.path, path, zarr_to_h5ad if self.kind == ZARR else copy_file, owned)
 
     def close(self) -> None:
         self._close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -180,6 +180,8 @@ def write_results(
     for key, values in matrices.items():
         if values is not None:
             adata.obsm[key] = values
+        elif key in adata.obsm:  # with --overwrite: an earlier model's embedding is not left beside this one's
+            del adata.obsm[key]
     voting = {"majority_voting": {"clusters": n_clusters}} if majority_voting else {}
     adata.uns[result.provenance] = provenance | {"classes": classes} | voting
 
@@ -202,16 +204,18 @@ def write_h5ad_atomic(adata, path: Path) -> None:
 
 @contextlib.contextmanager
 def streamed_output(
-    input_path: Path, path: Path, copy: Callable[[Path, Path], object] = copy_file
+    input_path: Path, path: Path, copy: Callable[[Path, Path], object] = copy_file, owned: Sequence[str] = ()
 ) -> Iterator[Callable]:
     """The output of a streamed query, begun at once: the input is copied (an h5ad byte for byte, the matrix
     never decoded; a zarr store by :func:`zarr_to_h5ad`) to a temporary h5ad beside ``path`` by a background
     thread while the cells are annotated. Yields ``write(results)``, which waits for the copy and replaces its
-    ``obs`` with ``results.obs`` and writes every entry of ``results.obsm`` and ``results.uns`` into it. The
-    file is renamed into place when the block succeeds, removed otherwise."""
+    ``obs`` with ``results.obs`` and writes every entry of ``results.obsm`` and ``results.uns`` into it; the
+    ``owned`` obsm keys (the run's, :meth:`runner.keys.ResultKeys.obsm_keys`) that it does not write are removed
+    (an earlier run's, replaced with ``--overwrite``). The file is renamed into place when the block succeeds,
+    removed otherwise."""
     with _atomic_path(path) as tmp, ThreadPoolExecutor(max_workers=1) as pool:
         copied = pool.submit(copy, input_path, tmp)
-        yield lambda results: _write_into(copied.result(), results)
+        yield lambda results: _write_into(copied.result(), results, owned)
         copied.result()
 
 
@@ -279,7 +283,7 @@ def _copy_array(array, parent, name: str) -> None:
         dataset[start : start + rows] = array[start : start + rows]
 
 
-def _write_into(path: Path, results) -> None:
+def _write_into(path: Path, results, owned: Sequence[str]) -> None:
     import h5py
     from anndata.io import write_elem
 
@@ -293,6 +297,9 @@ def _write_into(path: Path, results) -> None:
                 if key in f[group]:
                     del f[group][key]
                 write_elem(f[group], key, entries[key])
+        for key in set(owned) - set(results.obsm):
+            if key in f["obsm"]:
+                del f["obsm"][key]
 
 
 def check_table_path(path: Path) -> None:

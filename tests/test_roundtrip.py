@@ -122,3 +122,30 @@ def test_pyfunc_takes_a_gene_column_dataframe_like_serve_sends(example_copy):
     assert list(from_frame.columns[:3]) == ["label", "uncertainty", "ontology_term_id"]
     assert any(c.startswith("prob:") for c in from_frame) and "umap:1" in from_frame and "emb:49" in from_frame
     pd.testing.assert_frame_equal(from_frame, from_csr)
+
+
+def test_overwrite_by_a_model_without_embedding_leaves_no_stale_one(pbmc_dir, kang_frame, tmp_path):
+    """A rerun under the same key with --overwrite, by a model that writes no embedding or UMAP (a user's
+    classifier): the earlier run's obsm entries go, in memory and in a streamed output alike."""
+    import mlflow
+
+    from runner.keys import ResultKeys
+    from runner.write import streamed_output, write_results
+
+    frame = mlflow.pyfunc.load_model(str(pbmc_dir)).predict(kang_frame.iloc[:200])
+    frame = frame.drop(columns=[c for c in frame.columns if c.startswith(("emb:", "umap:"))])
+    result = ResultKeys("k")
+    options = {"unassigned_threshold": 0.5, "provenance": {"model": {"name": "classifier"}}}
+    stale = {result.embedding: np.ones((200, 3)), result.umap: np.ones((200, 2)), "X_mine": np.zeros((200, 2))}
+
+    in_memory = ad.AnnData(obs=pd.DataFrame(index=kang_frame.index[:200]), obsm=stale)
+    write_results(in_memory, frame, result, **options)
+    assert set(in_memory.obsm) == {result.probabilities, "X_mine"}
+
+    source, output = tmp_path / "earlier.h5ad", tmp_path / "out.h5ad"
+    ad.AnnData(sp.csr_matrix((200, 5), dtype=np.float32), obs=in_memory.obs[[]], obsm=stale).write_h5ad(source)
+    results = ad.AnnData(obs=in_memory.obs[[]])
+    write_results(results, frame, result, **options)
+    with streamed_output(source, output, owned=result.obsm_keys()) as write:
+        write(results)
+    assert set(ad.read_h5ad(output).obsm) == {result.probabilities, "X_mine"}
