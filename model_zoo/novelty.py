@@ -80,10 +80,9 @@ def class_gene_share(counts, total: np.ndarray, labels: np.ndarray, classes: np.
     return np.vstack([gene_share(counts[labels == c], np.asarray(total)[labels == c]) for c in classes])
 
 
-def mean_distance(index, latent: np.ndarray) -> np.ndarray:
-    """Mean distance of each cell to its ``NEIGHBORS`` nearest reference cells (``index``: a
-    :class:`model_zoo.placement.NearestReference` of at least ``NEIGHBORS``)."""
-    distances, _ = index.neighbours(latent)
+def mean_distance(distances: np.ndarray) -> np.ndarray:
+    """Each cell's mean distance to its ``NEIGHBORS`` nearest reference cells, from its ascending ``distances``
+    to the nearest ones (:meth:`model_zoo.placement.NearestReference.neighbours`, at least ``NEIGHBORS``)."""
     return distances[:, :NEIGHBORS].mean(axis=1).astype(np.float64)
 
 
@@ -100,7 +99,7 @@ def local_distance_fit(index, latent: np.ndarray, label: np.ndarray, n_classes: 
     nearest; ``novelty_class_distance_scale`` (K,), its ``QUANTILE`` over each class's cells (a class without
     cells: over all); ``novelty_local_scale``, the ``QUANTILE`` of the cells' own ratio (:func:`distance_ratio`)."""
     distances, neighbours = index.neighbours(latent)
-    own = distances[:, 1 : NEIGHBORS + 1].mean(axis=1).astype(np.float64)
+    own = mean_distance(distances[:, 1:])
     by_class = np.full(n_classes, float(np.quantile(own, QUANTILE)))
     for c in np.unique(label):
         by_class[c] = float(np.quantile(own[label == c], QUANTILE))
@@ -116,7 +115,7 @@ def distance_ratio(distances: np.ndarray, indices: np.ndarray, classes: np.ndarr
     """``d / sqrt(s_class * s_local)`` of query cells (module docstring) from their ascending ``distances`` to
     the nearest reference cells, their ``indices`` and their most probable ``classes``, divided by
     ``weights.novelty_local_scale``; a model built before the local scales: ``d`` over its one held-out scale."""
-    mean = distances[:, :NEIGHBORS].mean(axis=1).astype(np.float64)
+    mean = mean_distance(distances)
     own = getattr(weights, "novelty_reference_distance", None)
     if own is None or np.size(own) == 0:
         return mean / max(float(weights.novelty_distance_scale), 1e-12)

@@ -122,9 +122,8 @@ def train(
     distances, neighbours = index.neighbours(test_latent)
     probs = compute.transfer_labels(distances, neighbours, reference_label, len(classes))
     share = novelty.class_gene_share(composition[train_idx], totals[train_idx], labels[train_idx], classes)
-    held_distance = novelty.mean_distance(index, test_latent)
     scales = novelty.held_out_scales(
-        held_distance, composition[test_idx], totals[test_idx], labels[test_idx], classes, share
+        novelty.mean_distance(distances), composition[test_idx], totals[test_idx], labels[test_idx], classes, share
     )
     scales |= novelty.local_distance_fit(
         NearestReference(reference_latent, novelty.NEIGHBORS + 1), reference_latent, reference_label, len(classes)
