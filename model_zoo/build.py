@@ -58,9 +58,7 @@ NOVELTY_NOTE = (
     "most probable class times that of its neighbours), divided by the value that 0.5% of reference cells exceed, "
     "and (2) the shortfall of the share of its counts in the model's genes against its class's reference cells "
     "(technical genes left out; 1.0 at the lower of the held-out 0.5% quantile and 0.6 of the share); above the "
-    "runner's --novelty-threshold (1.0) a cell is 'Unassigned' (model_zoo.novelty), unless its composition is not "
-    "novel and its distance ratio is within its lineage's reach (what 99.5% of the cells of a class left out of a "
-    "lineage of two or more classes stay within): then it is answered with the lineage ('novel_subtype')"
+    "runner's --novelty-threshold (1.0) a cell is 'Unassigned' (model_zoo.novelty)"
 )
 
 
@@ -251,7 +249,6 @@ def evaluate_query(model, model_genes: np.ndarray, path: Path, spec: dict) -> di
         "ontology_accuracy_assigned_only": round(float(answered[assigned].mean()), 4) if assigned.any() else None,
         "unassigned_fraction": round(float(1 - assigned.mean()), 4),
         "novel_fraction": round(float(np.mean(kind == "novel")), 4),
-        "novel_subtype_fraction": round(float(np.mean(kind == "novel_subtype")), 4),
         "coarser_fraction": round(float(np.mean(kind == "coarser")), 4),
         "ece": round(expected_calibration_error(confidence, finest), 4),
     }
@@ -439,20 +436,11 @@ def build(
         staging = Path(tmp) / target.name
         family.pyfunc.save_model(staging, trained, metadata["labels"], metadata)
         save_reference_summary(staging, trained, counts, genes, labels)
-        metadata["training"]["novelty_lineage_reach"] = lineage_reach(staging)
         metadata["metrics"] |= _evaluate(staging, trained.genes, references, recipe, timing_cells)
         _rewrite_metadata(staging, metadata)
         (staging / "README.md").write_text(render_card(metadata))
         staging.rename(target)  # the model directory appears whole or not at all
     return target
-
-
-def lineage_reach(model_dir: Path) -> dict[str, float]:
-    """The saved model's lineage reaches (``hierarchy.json``, :func:`model_zoo.novelty.lineage_reach`), by
-    lineage name, for its card: the lineages of one class have none."""
-    lineage = json.loads((model_dir / "artifacts" / "hierarchy.json").read_text())["levels"].get("lineage", {})
-    reaches = zip(lineage.get("names", []), lineage.get("novelty_reach", []), strict=True)
-    return {name: round(reach, 3) for name, reach in reaches if reach is not None}
 
 
 def save_reference_summary(model_dir: Path, trained, counts: sp.csr_matrix, genes: np.ndarray, labels) -> None:

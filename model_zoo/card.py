@@ -17,7 +17,6 @@ CROSS_STUDY_COLUMNS = [
     "ontology_accuracy_assigned_only",
     "unassigned_fraction",
     "novel_fraction",
-    "novel_subtype_fraction",
     "coarser_fraction",
     "ece",
 ]
@@ -85,9 +84,8 @@ A prediction counts as right when its term is the truth's term or an ancestor/de
 (Cell Ontology; other ids, such as Cellosaurus cell lines, must match exactly).
 `ontology_accuracy` is what the runner answers by default (back-off to a common ancestor, `Unassigned`
 when uncertain or novel, which counts as wrong); "finest" scores every cell's most probable class;
-"assigned only" leaves the `Unassigned` cells out; `novel_fraction`, `novel_subtype_fraction` and
-`coarser_fraction` are the shares answered `Unassigned` as novel, with their lineage as novel but within its
-reach, and with a common ancestor. ECE is of the reported confidence
+"assigned only" leaves the `Unassigned` cells out; `novel_fraction` and `coarser_fraction` are the shares
+answered `Unassigned` as novel and with a common ancestor. ECE is of the reported confidence
 (1 - uncertainty) against the finest guess's ontology-level correctness, over all cells.
 
 {cross_table}

@@ -171,7 +171,7 @@ def output_frame(
     embedding: np.ndarray,
     umap: np.ndarray,
     *,
-    novelty_score: novelty.Novelty | None = None,
+    novelty_score: np.ndarray | None = None,
     hierarchy: dict | None = None,
     params: dict | None = None,
 ) -> pd.DataFrame:
@@ -179,20 +179,14 @@ def output_frame(
 
     ``label`` / ``uncertainty`` / ``ontology_term_id`` are the finest guess (the most probable class);
     ``answer*`` the most specific label the model stands behind and why (:func:`model_zoo.ontology.answers`,
-    with the thresholds of ``params``); ``level:*`` each coarser level of the hierarchy. A novel cell is
-    answered with its lineage when its distance is within the lineage's reach and its composition is not
-    novel (a cell of another tissue stays `Unassigned`).
+    with the thresholds of ``params``); ``level:*`` each coarser level of the hierarchy.
     """
     options = answer_options(params)
     best = probabilities.argmax(axis=1)
     labels = classes[best]
     n_cells = len(best)
-    parts = novelty_score or novelty.Novelty(np.full(n_cells, np.nan))
-    score = np.asarray(parts.score, dtype=np.float64)
-    threshold = options[NOVELTY_THRESHOLD]
-    novel = np.nan_to_num(score, nan=-np.inf) > threshold
-    composition_ok = True if parts.composition is None else parts.composition <= threshold
-    reach = composition_ok & ontology.within_lineage_reach(hierarchy, best, parts.distance)
+    score = np.full(n_cells, np.nan) if novelty_score is None else np.asarray(novelty_score, dtype=np.float64)
+    novel = np.nan_to_num(score, nan=-np.inf) > options[NOVELTY_THRESHOLD]
     min_probability = 1.0 - options[UNASSIGNED_THRESHOLD]
     answer, answer_id, answer_probability, kind = ontology.answers(
         probabilities,
@@ -202,7 +196,6 @@ def output_frame(
         min_probability=min_probability,
         novel=novel,
         backoff=options[BACKOFF],
-        reach=reach,
     )
     columns: dict[str, np.ndarray] = {
         LABEL: labels,
@@ -215,7 +208,7 @@ def output_frame(
         ANSWER_KIND: kind,
     }
     for level, (names, ids) in ontology.level_answers(
-        probabilities, hierarchy, min_probability=min_probability, novel=novel & (kind != ontology.NOVEL_SUBTYPE)
+        probabilities, hierarchy, min_probability=min_probability, novel=novel
     ).items():
         columns[f"{LEVEL_PREFIX}{level}"] = names
         columns[f"{LEVEL_PREFIX}{level}:{ONTOLOGY_TERM_ID}"] = ids

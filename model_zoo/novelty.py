@@ -35,7 +35,6 @@ with (:func:`held_out_scales`) and stored with the model's weights; no reference
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -125,37 +124,6 @@ def distance_ratio(distances: np.ndarray, indices: np.ndarray, classes: np.ndarr
     return mean / np.sqrt(np.maximum(by_class * local, 1e-24)) / max(float(weights.novelty_local_scale), 1e-12)
 
 
-def lineage_reach(weights, class_group) -> list[float | None]:
-    """How far a cell type that the reference lacks but whose lineage it holds sits out, per lineage group
-    (``class_group``: each class's lineage index, -1 none; the hierarchy's ``lineage`` level): each class of a
-    lineage of two or more classes is left out in turn, and its reference cells are scored as query cells
-    against the other reference cells (:func:`distance_ratio`, their most probable class taken as the most
-    frequent among their ``NEIGHBORS`` nearest); the reach is the ``QUANTILE`` of those ratios over the
-    lineage's classes. None for a lineage of one class (no sibling to leave out: a novel cell of it stays
-    `Unassigned`) and for a model without its reference cells' labels or the local scales."""
-    from model_zoo.placement import NearestReference
-
-    group = np.asarray(class_group)
-    label = np.asarray(getattr(weights, "reference_label", []))
-    reach: list[float | None] = [None] * (int(group.max()) + 1 if len(group) else 0)
-    if len(label) == 0 or getattr(weights, "novelty_reference_distance", None) is None:
-        return reach
-    latent = np.asarray(weights.reference_latent, dtype=np.float32)
-    for g in range(len(reach)):
-        members = [c for c in np.flatnonzero(group == g) if (label == c).any()]
-        ratios = []
-        for c in members if len(members) >= 2 else []:
-            others = np.flatnonzero(label != c)
-            distances, found = NearestReference(latent[others], NEIGHBORS).neighbours(latent[label == c])
-            indices = others[found]
-            votes = np.zeros((len(indices), len(group)))
-            np.add.at(votes, (np.arange(len(indices))[:, None], label[indices][:, :NEIGHBORS]), 1.0)
-            ratios.append(distance_ratio(distances, indices, votes.argmax(axis=1), weights))
-        if ratios:
-            reach[g] = float(np.quantile(np.concatenate(ratios), QUANTILE))
-    return reach
-
-
 def calibrate(held_distance: np.ndarray, held_log_ratio: np.ndarray) -> dict[str, float]:
     """The two scales from held-out reference cells: ``novelty_distance_scale`` (the distance's ``QUANTILE``)
     and ``novelty_share_floor`` (the lower of the log share ratio's 1 - ``QUANTILE`` quantile and
@@ -189,20 +157,6 @@ def report(scales: dict) -> dict[str, float]:
     return {k: round(float(v), 4) for k, v in scales.items() if np.ndim(v) == 0}
 
 
-@dataclass(frozen=True)
-class Novelty:
-    """Query cells' two novelty ratios (module docstring), each 1.0 at its threshold: ``distance`` (NaN for a model
-    built before the score) and ``composition`` (None: no cell totals were given)."""
-
-    distance: np.ndarray
-    composition: np.ndarray | None = None
-
-    @property
-    def score(self) -> np.ndarray:
-        """The novelty score: the larger of the two ratios."""
-        return self.distance if self.composition is None else np.maximum(self.distance, self.composition)
-
-
 def query_score(
     distances: np.ndarray,
     indices: np.ndarray,
@@ -212,19 +166,19 @@ def query_score(
     present: np.ndarray,
     technical_genes: np.ndarray,
     weights,
-) -> Novelty:
-    """The novelty of query cells from their ascending distances to the nearest reference cells and the
+) -> np.ndarray:
+    """The novelty score of query cells from their ascending distances to the nearest reference cells and the
     indices of those cells, their counts in model gene order, their totals over the non-technical genes (or
     None: no composition), their class probabilities and the mask of the model's :func:`technical` genes;
     ``weights`` carries the scales and ``class_gene_share`` (a model built before them: NaN)."""
     share = getattr(weights, "class_gene_share", None)
     if share is None or not np.isfinite(float(getattr(weights, "novelty_distance_scale", np.nan))):
-        return Novelty(np.full(len(distances), np.nan))
-    distance = distance_ratio(distances, indices, probabilities.argmax(axis=1), weights)
-    if totals is None:
-        return Novelty(distance)
-    used = present & ~technical_genes
-    in_model = np.asarray(counts[:, used].sum(axis=1)).ravel()
-    expected = probabilities @ np.asarray(share)[:, used].sum(axis=1)
-    ratio = log_share_ratio(in_model, totals, expected)
-    return Novelty(distance, ratio / float(weights.novelty_share_floor))
+        return np.full(len(distances), np.nan)
+    out = distance_ratio(distances, indices, probabilities.argmax(axis=1), weights)
+    if totals is not None:
+        used = present & ~technical_genes
+        in_model = np.asarray(counts[:, used].sum(axis=1)).ravel()
+        expected = probabilities @ np.asarray(share)[:, used].sum(axis=1)
+        ratio = log_share_ratio(in_model, totals, expected)
+        out = np.maximum(out, ratio / float(weights.novelty_share_floor))
+    return out

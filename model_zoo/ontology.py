@@ -11,9 +11,7 @@ At prediction (:func:`answers`, :func:`level_answers`) a term's probability is t
 the classes under it. A cell's answer is the most specific term whose probability reaches
 ``1 - unassigned_threshold``: its class when that is sure enough, else the common ancestor its
 probability is split within (CD4 vs CD8 T cells -> mature alpha-beta T cell), never coarser than its
-lineage; ``Unassigned`` when even that is in doubt, or when the cell is novel. A novel cell that is
-no farther out than a type its lineage lacks would be (:func:`within_lineage_reach`) is answered with
-its lineage (``novel_subtype``): a T cell subtype the reference lacks comes out "T cell".
+lineage; ``Unassigned`` when even that is in doubt, or when the cell is novel.
 """
 
 from __future__ import annotations
@@ -27,9 +25,7 @@ import numpy as np
 LEVELS_TABLE = Path(__file__).parent / "data" / "ontology_levels.csv"
 UNASSIGNED = "Unassigned"
 # why a cell got its answer (the ``answer_kind`` column)
-FINEST, COARSER, UNCERTAIN, NOVEL, NOVEL_SUBTYPE = "finest", "coarser", "uncertain", "novel", "novel_subtype"
-LINEAGE = "lineage"  # the level a novel cell within its lineage's reach is answered at
-NOVELTY_REACH = "novelty_reach"  # the lineage level's reaches (model_zoo.novelty.lineage_reach)
+FINEST, COARSER, UNCERTAIN, NOVEL = "finest", "coarser", "uncertain", "novel"
 
 
 def levels_table(path: Path = LEVELS_TABLE) -> list[dict[str, str]]:
@@ -125,27 +121,6 @@ def _membership(groups: list[list[int]], n_classes: int) -> np.ndarray:
     return matrix
 
 
-def within_lineage_reach(hierarchy: dict | None, best: np.ndarray, distance: np.ndarray) -> np.ndarray:
-    """Cells whose novelty distance ratio is within the reach of their most probable class's lineage (the
-    lineage level's ``novelty_reach``; False where a lineage has none, or a model was built without them)."""
-    lineage = ((hierarchy or {}).get("levels") or {}).get(LINEAGE) or {}
-    reach = np.array([np.nan if r is None else r for r in lineage.get(NOVELTY_REACH) or []], dtype=np.float64)
-    if not len(reach):
-        return np.zeros(len(best), dtype=bool)
-    group = np.asarray(lineage["class_group"])[best]
-    limit = np.where(group >= 0, reach[np.maximum(group, 0)], np.nan)
-    return np.nan_to_num(distance, nan=np.inf) <= np.nan_to_num(limit, nan=-np.inf)
-
-
-def _lineage_nodes(nodes: list[dict], hierarchy: dict | None, n_classes: int) -> np.ndarray:
-    """Each class's lineage term as an index into ``nodes`` (-1: none)."""
-    lineage = ((hierarchy or {}).get("levels") or {}).get(LINEAGE) or {}
-    position = {n["ontology_term_id"]: i for i, n in enumerate(nodes)}
-    terms = lineage.get("ontology_term_ids") or []
-    groups = lineage.get("class_group") or [-1] * n_classes
-    return np.array([position.get(terms[g], -1) if g >= 0 else -1 for g in groups], dtype=np.intp)
-
-
 def answers(
     probabilities: np.ndarray,
     classes: np.ndarray,
@@ -155,15 +130,12 @@ def answers(
     min_probability: float,
     novel: np.ndarray,
     backoff: bool = True,
-    reach: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Each cell's answer: (label, ontology id, probability of the answer, kind).
 
     ``kind`` is ``finest`` (a class), ``coarser`` (a common ancestor), ``uncertain`` (no candidate reaches
-    ``min_probability``), ``novel`` (``novel`` cells: unlike the reference) or ``novel_subtype`` (a ``novel``
-    cell within its lineage's ``reach``, :func:`within_lineage_reach`, answered with its most probable class's
-    lineage when that reaches ``min_probability``). Without a hierarchy, or with ``backoff`` False, the
-    candidates are the classes alone and a novel cell is `Unassigned`.
+    ``min_probability``) or ``novel`` (``novel`` cells: unlike the reference). Without a hierarchy, or with
+    ``backoff`` False, the candidates are the classes alone.
     """
     n_cells, n_classes = probabilities.shape
     nodes = (hierarchy or {}).get("nodes") or [] if backoff else []
@@ -185,11 +157,6 @@ def answers(
     kind = np.where(size[best] == 1, FINEST, COARSER).astype(object)
     kind[~passing] = UNCERTAIN
     kind[novel] = NOVEL
-    if reach is not None and backoff and hierarchy:
-        lineage = _lineage_nodes(nodes, hierarchy, n_classes)[probabilities.argmax(axis=1)]
-        held = summed[np.arange(n_cells), np.maximum(lineage, 0)]
-        subtype = novel & reach & (lineage >= 0) & (held >= min_probability)
-        choice[subtype], probability[subtype], kind[subtype] = lineage[subtype], held[subtype], NOVEL_SUBTYPE
     return names[choice], ids[choice], probability, kind
 
 

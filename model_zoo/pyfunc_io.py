@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from model_zoo import contract, novelty
+from model_zoo import contract
 
 PACKAGE_DIR = Path(__file__).parent
 GENES_ARTIFACT = "genes.txt"
@@ -107,7 +107,7 @@ def save_family_model(
     """
     import mlflow
 
-    from model_zoo.ontology import LINEAGE, NOVELTY_REACH, class_hierarchy
+    from model_zoo.ontology import class_hierarchy
 
     requirements = (family_dir / "requirements.txt").read_text().split()
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,9 +117,6 @@ def save_family_model(
         (tmp / "labels.json").write_text(json.dumps(labels, indent=1, sort_keys=True))
         ids = {name: entry.get("ontology_term_id", "") for name, entry in labels.items()}
         hierarchy = class_hierarchy([str(c) for c in weights.classes], ids)
-        if LINEAGE in hierarchy["levels"]:
-            lineage = hierarchy["levels"][LINEAGE]
-            lineage[NOVELTY_REACH] = novelty.lineage_reach(weights, lineage["class_group"])
         (tmp / "hierarchy.json").write_text(json.dumps(hierarchy, indent=1))
         mlflow.pyfunc.save_model(
             str(path),

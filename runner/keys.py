@@ -22,7 +22,7 @@ UMAP_PREFIX = "umap:"
 NOVELTY = "novelty"
 ANSWER = "answer"  # the most specific label the model stands behind (after back-off), or Unassigned
 ANSWER_ONTOLOGY_TERM_ID = "answer_ontology_term_id"
-ANSWER_KIND = "answer_kind"  # finest | coarser | uncertain | novel | novel_subtype (+ no_signal, by the runner)
+ANSWER_KIND = "answer_kind"  # finest | coarser | uncertain | novel (+ no_signal, set by the runner)
 LEVEL_PREFIX = "level:"  # level:<level> and level:<level>:ontology_term_id
 NO_SIGNAL = "no_signal"
 # params entries of a predict call

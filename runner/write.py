@@ -96,8 +96,8 @@ def write_results(
     ------
     ``obs[K_predicted]``
         categorical: the answer, the most specific label the model stands behind: its class, a common
-        Cell Ontology ancestor of the classes the probability is split between (back-off), the lineage of a
-        novel cell within the lineage's reach, or ``Unassigned`` (uncertain even so, novel, or ``no_signal``). Only the categories that occur, as
+        Cell Ontology ancestor of the classes the probability is split between (back-off), or
+        ``Unassigned`` (uncertain even so, novel, or ``no_signal``). Only the categories that occur, as
         plain ``str`` (every categorical below too): scanpy, ``cellxgene-schema`` and ``cellxgene launch`` read them.
     ``obs[K_ontology_term_id]``
         Cell Ontology id of the answer ('' when unassigned or unknown).
@@ -109,11 +109,10 @@ def write_results(
     ``obs[K_finest]``, ``obs[K_finest_ontology_term_id]``
         the most probable class and its id, whatever its probability (for a look behind the answer).
     ``obs[K_answer_kind]``
-        categorical: ``finest``, ``coarser`` (backed off), ``uncertain``, ``novel``, ``novel_subtype`` (novel,
-        but within its lineage's reach: answered with the lineage) or ``no_signal``.
+        categorical: ``finest``, ``coarser`` (backed off), ``uncertain``, ``novel`` or ``no_signal``.
     ``obs[K_<level>]``, ``obs[K_<level>_ontology_term_id]``
         for each level of the model's hierarchy (``compartment``, ``lineage``): the label at that level
-        (``Unassigned`` when in doubt or novel, but for a ``novel_subtype``) and its Cell Ontology id.
+        (``Unassigned`` when in doubt or novel) and its Cell Ontology id.
     ``obs[K_majority_voting]``, ``obs[K_majority_voting_ontology_term_id]``, ``obs[K_over_clustering]``
         with ``majority_voting`` only: the most frequent ``K_predicted`` of the cell's over-cluster (``Unassigned``
         included: a cluster of mostly novel cells stays ``Unassigned``), its id, and the cluster

@@ -9,16 +9,7 @@ import pytest
 
 from model_zoo.harmonise import DROPPED_COARSE, DROPPED_RARE, cap_and_fill, harmonise
 from model_zoo.metrics import ontology_match
-from model_zoo.ontology import (
-    NOVEL,
-    NOVEL_SUBTYPE,
-    UNASSIGNED,
-    answers,
-    class_hierarchy,
-    level_answers,
-    term_lineage,
-    within_lineage_reach,
-)
+from model_zoo.ontology import NOVEL, UNASSIGNED, answers, class_hierarchy, level_answers, term_lineage
 from tests.conftest import annotate_file, data_file, truth_terms
 
 PBMC = {"B": "CL:0000236", "MNP": "CL:0000113", "NK": "CL:0000623", "T_CD4": "CL:0000624", "T_CD8": "CL:0000625"}
@@ -34,16 +25,9 @@ def probs(**by_class: float) -> np.ndarray:
     return np.array([[by_class.get(c, 0.0) for c in CLASSES]])
 
 
-def answer(hierarchy, p: np.ndarray, novel: bool = False, backoff: bool = True, reach: bool = False):
+def answer(hierarchy, p: np.ndarray, novel: bool = False, backoff: bool = True):
     names, ids, _, kind = answers(
-        p,
-        CLASSES,
-        PBMC,
-        hierarchy,
-        min_probability=0.5,
-        novel=np.array([novel]),
-        backoff=backoff,
-        reach=np.array([reach]),
+        p, CLASSES, PBMC, hierarchy, min_probability=0.5, novel=np.array([novel]), backoff=backoff
     )
     return names[0], ids[0], kind[0]
 
@@ -74,29 +58,6 @@ def test_back_off_never_goes_above_the_lineage_and_novel_cells_stay_unassigned(h
     # B vs MNP share only 'leukocyte': coarser than any lineage, so no answer
     assert answer(hierarchy, probs(B=0.49, MNP=0.49, NK=0.02))[0] == UNASSIGNED
     assert answer(hierarchy, probs(T_CD4=0.9, T_CD8=0.1), novel=True) == (UNASSIGNED, "", NOVEL)
-
-
-def test_a_novel_cell_within_its_lineage_reach_is_answered_with_the_lineage(hierarchy):
-    """A T cell subtype the reference lacks (novel, but no farther out than one of the lineage's classes is
-    from the others) comes out 'T cell'; beyond the reach, of a lineage without one, torn between lineages or
-    without back-off it stays `Unassigned`."""
-    with_reach = hierarchy | {"levels": hierarchy["levels"] | {"lineage": hierarchy["levels"]["lineage"].copy()}}
-    lineage = with_reach["levels"]["lineage"]
-    lineage["novelty_reach"] = [1.3 if name == "T cell" else None for name in lineage["names"]]
-    best = np.array([list(CLASSES).index(c) for c in ("T_CD8", "T_CD8", "MNP", "T_CD4")])
-    assert list(within_lineage_reach(with_reach, best, np.array([1.2, 1.4, 1.05, np.nan]))) == [
-        True,
-        False,
-        False,  # mononuclear phagocyte: one class, no reach
-        False,  # no score
-    ]
-    assert not within_lineage_reach(hierarchy, best, np.ones(4)).any()  # a model built without reaches
-    t_cell = ("T cell", "CL:0000084", NOVEL_SUBTYPE)
-    assert answer(with_reach, probs(T_CD8=0.9, NK=0.1), novel=True, reach=True) == t_cell
-    assert answer(with_reach, probs(T_CD8=0.4, T_CD4=0.3, NK=0.3), novel=True, reach=True) == t_cell
-    assert answer(with_reach, probs(T_CD8=0.4, NK=0.35, B=0.25), novel=True, reach=True) == (UNASSIGNED, "", NOVEL)
-    assert answer(with_reach, probs(T_CD8=0.9, NK=0.1), novel=True, backoff=False, reach=True)[0] == UNASSIGNED
-    assert answer(with_reach, probs(T_CD8=0.9, NK=0.1), novel=False, reach=True) == ("T_CD8", "CL:0000625", "finest")
 
 
 def test_each_level_is_the_group_with_the_largest_summed_probability(hierarchy):
@@ -169,26 +130,3 @@ def test_a_key_that_would_write_a_cellxgene_schema_column_is_refused():
     with pytest.raises(UsageError, match="cell_type_cellzoo"):
         ResultKeys("cell_type")
     assert ResultKeys("celltype").ontology_term_id == "celltype_ontology_term_id"
-
-
-def test_a_cell_of_another_tissue_is_never_answered_with_a_lineage(hierarchy):
-    """The contract's output: a cell novel by its distance alone, within the T cell reach, answers 'T cell' at
-    the answer and at its levels; the same distance with a novel composition (counts spent on genes the model
-    does not use: another tissue) stays `Unassigned` at every level."""
-    from model_zoo import contract, novelty
-
-    lineage = hierarchy["levels"]["lineage"]
-    with_reach = hierarchy | {
-        "levels": hierarchy["levels"]
-        | {"lineage": lineage | {"novelty_reach": [1.3 if n == "T cell" else None for n in lineage["names"]]}}
-    }
-    p = np.vstack([probs(T_CD8=0.9, NK=0.1)] * 2)
-    score = novelty.Novelty(distance=np.array([1.2, 1.2]), composition=np.array([0.4, 1.5]))
-    frame = contract.output_frame(
-        CLASSES, p, PBMC, np.zeros((2, 2)), np.zeros((2, 2)), novelty_score=score, hierarchy=with_reach
-    )
-    assert list(frame["answer"]) == ["T cell", UNASSIGNED]
-    assert list(frame["answer_kind"]) == [NOVEL_SUBTYPE, NOVEL]
-    assert list(frame["level:lineage"]) == ["T cell", UNASSIGNED]
-    assert list(frame["level:compartment"]) == ["immune", UNASSIGNED]
-    np.testing.assert_allclose(frame["novelty"], [1.2, 1.5])
