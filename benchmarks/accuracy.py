@@ -159,6 +159,7 @@ class Predictions:
     novelty: np.ndarray | None = None  # cellzoo's novelty score (> 1: unlike the reference)
     kind: np.ndarray | None = None  # cellzoo's answer kind: finest, coarser, uncertain, novel, no_signal
     abstained: np.ndarray | None = None  # the method's own abstention, when it has one (CellTypist's p_thres)
+    lineage_terms: np.ndarray | None = None  # cellzoo's answer at the lineage level (K_lineage's id, '' Unassigned)
 
 
 Annotator = Callable[[QueryData, Path], dict[str, Predictions]]  # a query -> predictions by table row
@@ -264,6 +265,7 @@ def cellzoo_predictions(result: ad.AnnData, key: str = KEY) -> Predictions:
     keys = ResultKeys(key)
     obs = result.obs
     overlap = result.uns[key]["gene_overlap"]
+    lineage = keys.level_ontology_term_id("lineage")  # absent for models without levels
     return Predictions(
         label=obs[keys.predicted].astype(str).to_numpy(),
         top_label=obs[keys.finest].astype(str).to_numpy(),
@@ -273,6 +275,7 @@ def cellzoo_predictions(result: ad.AnnData, key: str = KEY) -> Predictions:
         top_terms=obs[keys.finest_ontology_term_id].astype(str).to_numpy(),
         novelty=obs[keys.novelty].to_numpy(dtype=float),
         kind=obs[keys.answer_kind].astype(str).to_numpy(),
+        lineage_terms=obs[lineage].astype(str).to_numpy() if lineage in obs else None,
     )
 
 

@@ -122,8 +122,10 @@ def score_held_out(out: Outcome, terms: dict[str, str], held_term: str, baseline
     answered, top = accuracy.answer_terms(p, terms)
     right = correctness(answered, truth)
     newly = flags & ~baseline if baseline is not None else None
-    # the finest guess's lineage is the truth's (what `K_lineage` says of a type the reference lacks)
-    lineage = [level_term(str(g), "lineage") for g in top[held]]
+    # the answer at the lineage level is the truth's lineage: cellzoo's `K_lineage`, the peers' most probable
+    # label's lineage
+    given = p.lineage_terms[held] if p.lineage_terms is not None else None
+    lineage = list(given) if given is not None else [level_term(str(g), "lineage") for g in top[held]]
     lineage_right = [bool(x) and x in term_lineage(str(t)) for x, t in zip(lineage, truth[held], strict=True)]
     return {
         "n_held": int(held.sum()),
@@ -426,9 +428,9 @@ uncertainty / {THRESHOLD}) for cellzoo (> 1 means flagged by either), the uncert
 p_thres={THRESHOLD}` leaves the cell `Unassigned`); scArches uncertainty > {THRESHOLD}. scanpy ingest reports no
 uncertainty and never abstains: its AUROCs are n/a and it gives every held-out cell a wrong label.
 **Not wrong**: flagged, or answered with a term that is still right at the ontology level (a coarser ancestor).
-**Lineage right**: the most probable class's lineage (`compartment`/`lineage` table of model_zoo/data) is the
-truth's: what `K_lineage` says of a type the reference lacks (a held-out class that is its own lineage cannot
-be right there).
+**Lineage right**: the answer at the lineage level is the truth's lineage (`lineage` rows of
+model_zoo/data/ontology_levels.csv): cellzoo's `K_lineage` (`Unassigned` counts wrong), the peers' most
+probable label's lineage. A held-out class that is its own lineage cannot be right there.
 **Newly flagged**: flagged by the model without the class but not by the same method trained on every class.
 scArches (its recipe as in the accuracy benchmark, kNN uncertainty) is run for the held-out classes
 {scarches} only: each run trains the reference and maps each query (several minutes).{skipped_lines}
