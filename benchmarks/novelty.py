@@ -126,7 +126,9 @@ def score_held_out(out: Outcome, terms: dict[str, str], held_term: str, baseline
     # label's lineage
     given = p.lineage_terms[held] if p.lineage_terms is not None else None
     lineage = list(given) if given is not None else [level_term(str(g), "lineage") for g in top[held]]
-    lineage_right = [bool(x) and x in term_lineage(str(t)) for x, t in zip(lineage, truth[held], strict=True)]
+    truth_lineage = [level_term(str(t), "lineage") for t in truth[held]]  # the same table's group, not ancestry:
+    # a basal cell is an 'epithelial fate stem cell', not below 'epithelial cell', in this Cell Ontology release
+    lineage_right = [bool(x) and x == t for x, t in zip(lineage, truth_lineage, strict=True)]
     return {
         "n_held": int(held.sum()),
         "held_unassigned": float(flags[held].mean()),
