@@ -35,6 +35,7 @@ with (:func:`held_out_scales`) and stored with the model's weights; no reference
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -44,6 +45,37 @@ COMPOSITION_BOUND = 0.6  # a cell with less than this share of its class's is no
 CELL_TOTALS = "cell_totals"  # params entry: each cell's total count over the query's genes but TECHNICAL ones
 # genes left out of the composition (human and mouse symbols): mitochondrial, ribosomal, MALAT1, NEAT1, haemoglobin
 TECHNICAL = r"(?i)^(?:MT-|MTRNR2L|RP[SL]\d|RP[SL]P\d|MALAT1$|NEAT1$|HB[ABDGEMQZ]\d?$)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoveltyWeights:
+    """The novelty score's fitted parts, which every family's weights carry (NaN / None: a model built before
+    them); no reference expression. A family's weights dataclass derives from it and stores these fields in its
+    npz under their own names (:meth:`arrays`, :meth:`from_npz`)."""
+
+    novelty_distance_scale: float = np.nan  # :func:`calibrate` (before the local scales: the distance's only scale)
+    novelty_share_floor: float = np.nan  # :func:`calibrate`
+    class_gene_share: np.ndarray | None = None  # (K, G) :func:`class_gene_share`
+    # :func:`local_distance_fit`
+    novelty_reference_distance: np.ndarray | None = None  # (N,) each reference cell's distance to its nearest
+    novelty_class_distance_scale: np.ndarray | None = None  # (K,)
+    novelty_local_scale: float = np.nan
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The novelty fields as float32 npz entries (the absent arrays left out)."""
+        values = {f.name: getattr(self, f.name) for f in fields(NoveltyWeights)}
+        return {name: np.asarray(value, dtype=np.float32) for name, value in values.items() if value is not None}
+
+    @staticmethod
+    def from_npz(arrays: dict[str, np.ndarray]) -> dict:
+        """The novelty fields of an npz as keyword arguments (scalars as float, arrays as float64; a field the
+        model was built without is left to its default)."""
+        out = {}
+        for f in fields(NoveltyWeights):
+            if f.name in arrays:
+                value = np.asarray(arrays[f.name])
+                out[f.name] = float(value) if value.ndim == 0 else value.astype(np.float64)
+        return out
 
 
 def technical(genes) -> np.ndarray:

@@ -21,13 +21,14 @@ from typing import Protocol
 import numpy as np
 import scipy.sparse as sp
 
+from model_zoo.novelty import NoveltyWeights
 from model_zoo.placement import no_reference_labels
 
 TARGET_SUM = 1e4  # counts per cell after normalisation (CP10k), as CellTypist and scanpy use
 
 
 @dataclass(frozen=True)
-class LinearWeights:
+class LinearWeights(NoveltyWeights):
     """Everything the family needs at prediction time, as plain arrays (stored as npz + json)."""
 
     genes: np.ndarray  # (G,) model gene names, in model_input column order
@@ -41,14 +42,7 @@ class LinearWeights:
     ridge: float  # ridge penalty used when projecting a query with missing genes
     reference_latent: np.ndarray  # (N, P) PCA coordinates of the reference cells
     reference_umap: np.ndarray  # (N, 2) UMAP coordinates of the reference cells
-    novelty_distance_scale: float = np.nan  # model_zoo.novelty (NaN: a model built before it)
-    novelty_share_floor: float = np.nan
-    class_gene_share: np.ndarray | None = None  # (K, G) model_zoo.novelty.class_gene_share
     reference_label: np.ndarray = field(default_factory=no_reference_labels)  # (N,) class per reference cell
-    # model_zoo.novelty.local_distance_fit (None, NaN: a model built before them)
-    novelty_reference_distance: np.ndarray | None = None  # (N,) each reference cell's distance to its nearest
-    novelty_class_distance_scale: np.ndarray | None = None  # (K,)
-    novelty_local_scale: float = np.nan
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {
@@ -63,19 +57,8 @@ class LinearWeights:
             "ridge": np.float32(self.ridge),
             "reference_latent": self.reference_latent.astype(np.float32),
             "reference_umap": self.reference_umap.astype(np.float32),
-            "novelty_distance_scale": np.float32(self.novelty_distance_scale),
-            "novelty_share_floor": np.float32(self.novelty_share_floor),
-            "novelty_local_scale": np.float32(self.novelty_local_scale),
             "reference_label": np.asarray(self.reference_label, dtype=np.int32),
-        } | {
-            name: np.asarray(value, dtype=np.float32)
-            for name, value in (
-                ("class_gene_share", self.class_gene_share),
-                ("novelty_reference_distance", self.novelty_reference_distance),
-                ("novelty_class_distance_scale", self.novelty_class_distance_scale),
-            )
-            if value is not None
-        }
+        } | self.arrays()
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> LinearWeights:
@@ -91,13 +74,8 @@ class LinearWeights:
             ridge=float(arrays["ridge"]),
             reference_latent=np.asarray(arrays["reference_latent"], dtype=np.float64),
             reference_umap=np.asarray(arrays["reference_umap"], dtype=np.float64),
-            novelty_distance_scale=float(arrays.get("novelty_distance_scale", np.nan)),
-            novelty_share_floor=float(arrays.get("novelty_share_floor", np.nan)),
-            class_gene_share=arrays.get("class_gene_share"),
             reference_label=np.asarray(arrays.get("reference_label", np.zeros(0)), dtype=np.int32),
-            novelty_reference_distance=arrays.get("novelty_reference_distance"),
-            novelty_class_distance_scale=arrays.get("novelty_class_distance_scale"),
-            novelty_local_scale=float(arrays.get("novelty_local_scale", np.nan)),
+            **NoveltyWeights.from_npz(arrays),
         )
 
 

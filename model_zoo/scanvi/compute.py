@@ -21,9 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from model_zoo.novelty import NoveltyWeights
+
 
 @dataclass(frozen=True)
-class ScanviWeights:
+class ScanviWeights(NoveltyWeights):
     """What the family stores besides the scvi-tools model directory (an npz of plain arrays)."""
 
     genes: np.ndarray  # (G,) model gene names, in model_input column order (the scvi-tools model's genes)
@@ -36,13 +38,6 @@ class ScanviWeights:
     count_share: np.ndarray  # (G,) share of all reference counts (over model genes) carried by each gene
     median_total: float  # median reference cell total over the model genes
     reference_batch: str  # a batch of the reference, to read a query through the reference model as is
-    class_gene_share: np.ndarray = None  # (K, G) model_zoo.novelty.class_gene_share
-    novelty_distance_scale: float = np.nan  # model_zoo.novelty (NaN: a model built before it)
-    novelty_share_floor: float = np.nan
-    # model_zoo.novelty.local_distance_fit (None, NaN: a model built before them)
-    novelty_reference_distance: np.ndarray | None = None  # (N,) each reference cell's distance to its nearest
-    novelty_class_distance_scale: np.ndarray | None = None  # (K,)
-    novelty_local_scale: float = np.nan
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -51,8 +46,7 @@ class ScanviWeights:
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> ScanviWeights:
         values = {f.name: np.asarray(arrays[f.name]) for f in dataclasses.fields(cls) if f.name in arrays}
-        for name in ("novelty_distance_scale", "novelty_share_floor", "novelty_local_scale"):
-            values[name] = float(values.get(name, np.nan))
+        values |= NoveltyWeights.from_npz(arrays)
         values["genes"], values["classes"] = values["genes"].astype(str), values["classes"].astype(str)
         values["n_neighbors"], values["query_epochs"] = int(values["n_neighbors"]), int(values["query_epochs"])
         values["median_total"], values["reference_batch"] = (

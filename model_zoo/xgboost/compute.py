@@ -20,6 +20,7 @@ import scipy.sparse as sp
 import xgboost as xgb
 
 from model_zoo.linear import compute as linear
+from model_zoo.novelty import NoveltyWeights
 from model_zoo.placement import no_reference_labels
 from model_zoo.pyfunc_io import Trained
 
@@ -27,7 +28,7 @@ OBJECTIVE = "multi:softprob"
 
 
 @dataclass(frozen=True)
-class XGBoostWeights:
+class XGBoostWeights(NoveltyWeights):
     """The embedding and calibration of a model, as plain arrays (the booster is its own JSON file).
 
     Satisfies :class:`~model_zoo.linear.compute.PcaSpace`, so the linear family's embedding code runs on it.
@@ -42,14 +43,7 @@ class XGBoostWeights:
     ridge: float  # ridge penalty when projecting a query with missing genes
     reference_latent: np.ndarray  # (N, P) PCA coordinates of the reference cells
     reference_umap: np.ndarray  # (N, 2) UMAP coordinates of the reference cells
-    novelty_distance_scale: float = np.nan  # model_zoo.novelty (NaN: a model built before it)
-    novelty_share_floor: float = np.nan
-    class_gene_share: np.ndarray | None = None  # (K, G) model_zoo.novelty.class_gene_share
     reference_label: np.ndarray = dataclasses.field(default_factory=no_reference_labels)  # (N,) class per cell
-    # model_zoo.novelty.local_distance_fit (None, NaN: a model built before them)
-    novelty_reference_distance: np.ndarray | None = None  # (N,) each reference cell's distance to its nearest
-    novelty_class_distance_scale: np.ndarray | None = None  # (K,)
-    novelty_local_scale: float = np.nan
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         out = {}
