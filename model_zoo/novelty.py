@@ -1,7 +1,7 @@
 """How unlike the reference a cell is: the novelty score every family writes beside its probabilities.
 
 A probability over the reference's classes cannot say "none of these". The novelty score is the larger
-of two ratios, each 1.0 at its threshold, so that a cell above 1.0 is novel:
+of three ratios, each 1.0 at its threshold, so that a cell above 1.0 is novel:
 
 * **distance**: the mean distance ``d`` to the cell's ``NEIGHBORS`` nearest reference cells in the model's
   own space (PCA for ``linear`` and ``xgboost``, the scANVI latent space for ``scanvi``), against how far
@@ -24,6 +24,12 @@ of two ratios, each 1.0 at its threshold, so that a cell above 1.0 is novel:
   the 0.5% quantile of held-out reference cells and ``COMPOSITION_BOUND``: within one study the share
   varies by a few percent, across studies by much more for the same cell type (measured: immune cells of
   other studies at 0.72-1.67 of it, non-immune lung cells at 0.39-0.54; docs/design.md).
+* **markers**: the same shortfall over the most probable class's own marker genes (:func:`class_markers`,
+  from the stored per-class shares, among the genes the query measured), 1.0 at ``MARKER_BOUND`` of the
+  share that class's reference cells spend on them. A cell of another tissue can spend an ordinary share of
+  its counts on the model's genes as a whole (Travaglini 2020's lung endothelial cells through ``pbmc``: 0.73
+  of the share expected of a mononuclear phagocyte) but not on what makes its answer that class (LYZ,
+  S100A8/9, CST3: 0.10); models built before it (``pbmc`` up to 1.4.0) carry the code without it.
 
 The composition needs each cell's total count over the query's genes (but the technical ones): the
 runner passes it (``params['cell_totals']``, leaving out the genes the model names in its metadata
@@ -42,6 +48,8 @@ import numpy as np
 NEIGHBORS = 10  # reference cells a query cell's distance is averaged over
 QUANTILE = 0.995  # of held-out reference cells, at which each ratio is 1.0
 COMPOSITION_BOUND = 0.6  # a cell with less than this share of its class's is novel, whatever the reference's spread
+MARKER_GENES = 20  # genes per class in the marker shortfall (:func:`class_markers`)
+MARKER_BOUND = 0.3  # a cell with less than this share of its class's counts in the class's markers is novel
 CELL_TOTALS = "cell_totals"  # params entry: each cell's total count over the query's genes but TECHNICAL ones
 # genes left out of the composition (human and mouse symbols): mitochondrial, ribosomal, MALAT1, NEAT1, haemoglobin
 TECHNICAL = r"(?i)^(?:MT-|MTRNR2L|RP[SL]\d|RP[SL]P\d|MALAT1$|NEAT1$|HB[ABDGEMQZ]\d?$)"
@@ -122,6 +130,35 @@ def log_share_ratio(in_model: np.ndarray, totals: np.ndarray, expected: np.ndarr
     """log of each cell's share of counts in the model's genes over the share expected of it."""
     share = np.asarray(in_model, dtype=np.float64) / np.maximum(np.asarray(totals, dtype=np.float64), 1.0)
     return np.log(np.maximum(share / np.maximum(np.asarray(expected, dtype=np.float64), 1e-12), 1e-9))
+
+
+def class_markers(share: np.ndarray, usable: np.ndarray, n: int = MARKER_GENES) -> list[np.ndarray]:
+    """Each class's ``n`` marker genes among the ``usable`` ones, from the per-class gene shares the model stores
+    (:func:`class_gene_share`): the genes a class spends much of its counts on and the other classes little,
+    ranked by ``share * log(share / the largest other class's share)``."""
+    share = np.asarray(share, dtype=np.float64)
+    markers = []
+    for i, own in enumerate(share):
+        other = np.delete(share, i, axis=0).max(axis=0) if len(share) > 1 else np.zeros_like(own)
+        score = np.full(len(own), -np.inf)
+        keep = usable & (own > 0)
+        score[keep] = own[keep] * np.log(own[keep] / np.maximum(other[keep], 1e-6))
+        best = np.argsort(-score, kind="stable")[:n]
+        markers.append(best[np.isfinite(score[best])])
+    return markers
+
+
+def log_marker_ratio(counts, totals: np.ndarray, classes: np.ndarray, share: np.ndarray, usable: np.ndarray):
+    """log of each cell's share of counts in its most probable class's markers (:func:`class_markers` among the
+    ``usable`` genes, those the query measured) over the share that class's reference cells spend on them."""
+    share = np.asarray(share, dtype=np.float64)
+    out = np.zeros(len(classes))
+    for i, genes in enumerate(class_markers(share, usable)):
+        rows = np.flatnonzero(classes == i)
+        if len(rows) and len(genes):
+            in_markers = np.asarray(counts[rows][:, genes].sum(axis=1)).ravel()
+            out[rows] = log_share_ratio(in_markers, np.asarray(totals)[rows], share[i, genes].sum())
+    return out
 
 
 def local_distance_fit(index, latent: np.ndarray, label: np.ndarray, n_classes: int) -> dict:
@@ -213,4 +250,6 @@ def query_score(
         expected = probabilities @ np.asarray(share)[:, used].sum(axis=1)
         ratio = log_share_ratio(in_model, totals, expected)
         out = np.maximum(out, ratio / float(weights.novelty_share_floor))
+        markers = log_marker_ratio(counts, totals, probabilities.argmax(axis=1), share, used)
+        out = np.maximum(out, markers / np.log(MARKER_BOUND))
     return out

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.errors import CellzooError, InputError
-from runner.genes import detect_species, id_type
+from runner.genes import ID_TYPE_NAMES, detect_species, id_type
 from runner.options import CheckOptions, ModelOptions, ReadOptions
 from runner.query import as_csr, candidates, check_query, counts_problem, describe_values, structure_problem
 from runner.readers import H5AD, HDF5, READ_ERRORS, TENX_H5, detect_format, hdf5_tree, read_input, tenx_genomes
@@ -106,7 +106,8 @@ def _check_with_model(report, adata, found, path, options, model_ref, checks: Ch
     from runner.sources import MemoryQuery
 
     info = read_model_info(source.resolve(model_ref).path)
-    report.add("model", f"{info.name} ({info.species}, gene {info.gene_id_type}s, {len(info.genes)} genes)")
+    ids = ID_TYPE_NAMES.get(info.gene_id_type, info.gene_id_type)
+    report.add("model", f"{info.name} ({info.species}, {ids}, {len(info.genes)} genes)")
     layers = [checks.counts_layer] if checks.counts_layer else [None, *adata.layers]
     attempts = [(layer, smap) for smap in dict.fromkeys([checks.species_map, True]) for layer in layers]
     first_error: CellzooError | None = None

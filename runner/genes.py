@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 
 ENSEMBL = "ensembl"
 SYMBOL = "symbol"
+ID_TYPE_NAMES = {ENSEMBL: "Ensembl gene ids", SYMBOL: "gene symbols"}  # for messages
 ENSEMBL_ID = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
 TABLES = Path(__file__).parent / "data"
 HUMAN = "human"
@@ -348,7 +349,7 @@ def check_overlap(
     raise InputError(
         f"only {alignment.n_present} of the model's {len(alignment.present)} genes "
         f"({alignment.fraction:.1%}) are in the query (genes from {alignment.source}, e.g. {examples}); "
-        f"at least {min_fraction:.0%} are needed. The model uses gene {model_id_type}s: pass --gene-column "
-        "with the var column that holds them, check the species, or lower --min-gene-overlap at your own risk; "
-        + panel_hint(model_name)
+        f"at least {min_fraction:.0%} are needed. The model uses {ID_TYPE_NAMES.get(model_id_type, model_id_type)}: "
+        "pass --gene-column with the var column that holds them, check the species, or lower "
+        "--min-gene-overlap at your own risk; " + panel_hint(model_name)
     )

@@ -65,14 +65,32 @@ def read_model_info(path: Path) -> ModelInfo:
     return ModelInfo(path=path, metadata=metadata, genes=genes)
 
 
+MODEL_CODE = "model_zoo"  # the package every zoo model carries a copy of in its ``code/`` folder
+
+
+def _model_code_modules(modules: dict) -> dict:
+    return {name: m for name, m in modules.items() if name == MODEL_CODE or name.startswith(MODEL_CODE + ".")}
+
+
 def load_pyfunc(info: ModelInfo):
-    """The model's pyfunc, loaded in this process. No bytecode is written from here on: a cached model's
-    folder must stay identical to its archive (:func:`runner.cache.verify_cached` runs before every load)."""
+    """The model's pyfunc, loaded in this process, running the code it carries. No bytecode is written from
+    here on: a cached model's folder must stay identical to its archive (:func:`runner.cache.verify_cached`
+    runs before every load).
+
+    Every zoo model carries its own copy of ``model_zoo`` (the code it was built with). Python imports a
+    package once per process, so a second model loaded in the same process (the Python API, a notebook
+    comparing two versions) would run the first one's code: the ``model_zoo`` modules already imported are
+    set aside while the model loads (it imports its own copy from its folder, which MLflow puts first on
+    ``sys.path``) and put back afterwards (the model keeps the modules it imported); with none imported before
+    (a command's single model), the model's own stay, for the imports its functions make when called."""
     import sys
 
     import mlflow
 
     sys.dont_write_bytecode = True
+    before = _model_code_modules(sys.modules)
+    for name in before:
+        del sys.modules[name]
     try:
         # the runner has checked the model's pins itself (runner.envs.choose_manager): MLflow's own check
         # of the installed packages would take a second more
@@ -85,6 +103,11 @@ def load_pyfunc(info: ModelInfo):
         ) from err
     except (ImportError, OSError, mlflow.exceptions.MlflowException) as err:
         raise ModelError(f"cannot load model {info.name} from {info.path}: {err}") from err
+    finally:
+        if before:
+            for name in _model_code_modules(sys.modules):
+                del sys.modules[name]
+            sys.modules.update(before)
 
 
 def run_params(present: np.ndarray, genes: np.ndarray, options: dict | None = None) -> dict | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -13,7 +14,7 @@ import cellzoo
 from runner.errors import InputError, OutputError, UsageError
 from runner.genes import n_found
 from runner.keys import ResultKeys
-from tests.conftest import KANG, ROOT, data_file, ontology_accuracy_of, run_cli
+from tests.conftest import EXAMPLE, KANG, ROOT, data_file, ontology_accuracy_of, run_cli
 
 FLOOR = 0.80  # ontology-level accuracy a broken or panel-blind model does not reach on Kang (tests/test_pbmc_real.py)
 
@@ -140,3 +141,23 @@ def test_library_log_lines_go_to_stderr_and_quiet_silences_them(kang, tmp_path):
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stdout.splitlines()[:4] == done.stdout.splitlines()[:4]  # the summary, as without -q
     assert "Training for" not in quiet.stderr and "GPU available" not in quiet.stderr
+
+
+def test_two_versions_in_one_process_each_run_the_code_they_carry(tmp_path):
+    """Every zoo model carries the ``model_zoo`` code it was built with. A notebook that compares two versions
+    of a model, after importing the repository's ``model_zoo`` (as one that builds models does), must run each
+    with its own code: its answers equal those of the same version annotated alone, in a fresh process."""
+    import model_zoo.novelty  # noqa: F401  the repository's copy, imported first
+
+    example = ad.read_h5ad(EXAMPLE)
+    for version in ("1.3.0", "1.4.0"):
+        model = cellzoo.load_model(f"pbmc@{version}")
+        annotator = model.pyfunc()._model_impl.python_model
+        assert Path(type(annotator).predict.__code__.co_filename).is_relative_to(model.path)
+        in_process = cellzoo.annotate(example, model, copy=True, key_added="k")
+        out = tmp_path / f"alone-{version}.h5ad"
+        done = run_cli("annotate", str(EXAMPLE), "-m", f"pbmc@{version}", "-o", str(out), "--key-added", "k")
+        assert done.returncode == 0, done.stderr
+        alone = ad.read_h5ad(out)
+        np.testing.assert_allclose(in_process.obs["k_novelty"], alone.obs["k_novelty"], rtol=1e-5)
+        assert (in_process.obs["k_predicted"].astype(str) == alone.obs["k_predicted"].astype(str)).all()

@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from model_zoo.scanvi import compute
+
 logger = logging.getLogger(__name__)
 
 BATCH_KEY = "cellzoo_batch"
@@ -110,8 +112,6 @@ def map_query(
     ELBO when the query has at least ``MIN_CELLS_FOR_VALIDATION`` cells).
     """
     import scvi
-
-    from model_zoo.scanvi import compute
 
     scvi.settings.seed = seed
     genes, n_cells = weights.genes, counts.shape[0]
