@@ -64,7 +64,7 @@ def annotate_spark(df, model: str, *, key_added: str | None = None, genes: list[
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    from runner.invoke import read_model_info
+    from runner.invoke import load_pyfunc, read_model_info
 
     run, source = split_options(options, (RunOptions, ModelOptions))
     params = {name: getattr(run, name) for name in ANSWER_OPTIONS}
@@ -98,7 +98,7 @@ def annotate_spark(df, model: str, *, key_added: str | None = None, genes: list[
     total = totals(F.struct(*[_column(g) for g in counted])) if counted else F.lit(0.0)
     inputs = [_column(g).cast("double").alias(g) for g in sent] + [total.alias(TOTAL_COUNTS)]
     probe = df.select(*inputs).limit(PROBE_CELLS).toPandas()
-    answered = mlflow.pyfunc.load_model(str(info.path)).predict(probe, params=params)  # refusals raise here
+    answered = load_pyfunc(info).predict(probe, params=params)  # refusals raise here
     result_type = T.StructType([T.StructField(c, _spark_type(answered[c].dtype)) for c in answered.columns])
     udf = mlflow.pyfunc.spark_udf(
         df.sparkSession, str(info.path), result_type=result_type, env_manager="local", params=params
