@@ -72,16 +72,23 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{path.name}."
     remove_stale(path.parent / f"{glob.escape(prefix)}*.tmp")
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{prefix}{owner_tag()}.", suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it private (0600); the file gets the usual permissions
-    os.close(fd)
-    tmp = Path(name)
+    tmp = None
+    interrupt.hold()  # a signal raised right after mkstemp, before ``tmp`` is set, would leave the file behind
     try:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{prefix}{owner_tag()}.", suffix=".tmp")
+        tmp = Path(name)
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it private (0600); the file gets the usual permissions
+        finally:
+            os.close(fd)
+        interrupt.release()  # a signal that arrived meanwhile is raised here, inside the try
         yield tmp
         interrupt.check()
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        interrupt.release(raise_held=False)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 class Outputs:

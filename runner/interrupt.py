@@ -12,6 +12,7 @@ import signal
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 _received: list[int] = []
+_holding = [False]  # :func:`hold`
 
 
 class Interrupted(KeyboardInterrupt):
@@ -25,13 +26,15 @@ class Interrupted(KeyboardInterrupt):
 
 def _raise(signum: int, frame: object) -> None:
     _received.append(signum)
-    raise Interrupted(signum)
+    if not _holding[0]:
+        raise Interrupted(signum)
 
 
 def install() -> dict:
     """Handle SIGINT and SIGTERM by raising :class:`Interrupted` (call from the main thread of a command).
     Returns the handlers it replaced, for :func:`restore`."""
     _received.clear()
+    _holding[0] = False
     return {signum: signal.signal(signum, _raise) for signum in HANDLED}
 
 
@@ -41,6 +44,20 @@ def restore(handlers: dict) -> None:
     for signum, handler in handlers.items():
         signal.signal(signum, handler)
     _received.clear()
+
+
+def hold() -> None:
+    """Record the handled signals without raising them until :func:`release`: for the instructions between
+    creating a file and the ``try`` that removes it. (Blocking the signal in this thread would not do: the
+    kernel hands a signal to any thread that does not block it, and Python runs its handler in the main thread.)"""
+    _holding[0] = True
+
+
+def release(*, raise_held: bool = True) -> None:
+    """Raise signals again (and, unless ``raise_held`` is false, one that arrived since :func:`install`)."""
+    _holding[0] = False
+    if raise_held:
+        check()
 
 
 def check() -> None:

@@ -106,6 +106,29 @@ def test_a_signal_swallowed_by_a_library_still_stops_the_rename(tmp_path):
     assert not target.exists() and leftovers(tmp_path) == []
 
 
+def test_a_signal_just_after_the_temporary_file_is_made_leaves_nothing(tmp_path, monkeypatch):
+    """SIGTERM between mkstemp and the block that removes its file (what `kill` right after the temporary output
+    appears could hit: the full suite once left `.o.h5ad.*.tmp` behind): it is raised once the file is known."""
+    import tempfile
+
+    made = tempfile.mkstemp
+
+    def mkstemp_then_signal(*args, **kwargs):
+        out = made(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # the handler would run here, were the signal not held
+        return out
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp_then_signal)
+    saved = interrupt.install()
+    try:
+        with pytest.raises(interrupt.Interrupted), atomic_path(tmp_path / "out.h5ad") as tmp:
+            tmp.write_bytes(b"half")
+    finally:
+        interrupt.restore(saved)
+    assert list(tmp_path.iterdir()) == []
+
+
 def _small_files():
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
     resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
