@@ -279,7 +279,7 @@ def _predict(query, checked: CheckedQuery, info, params, run: RunOptions):
     environment: dict = {"manager": manager}
     model = load_pyfunc(info) if manager == "local" else None
     per_block = model is not None and not info.maps_whole_query
-    cluster = _cluster(run, info, model, per_block)
+    cluster = _cluster(run, info, per_block)
     if cluster is not None:
         environment["scheduler"] = run.scheduler
     outputs, totals, in_model, kept_totals = [], [], [], []
@@ -319,7 +319,7 @@ def _predict(query, checked: CheckedQuery, info, params, run: RunOptions):
     return predict_in_env(python, info, counts, cell_totals, params, max(in_env_batch, 1)), cells, environment
 
 
-def _cluster(run: RunOptions, info, model, per_block: bool):
+def _cluster(run: RunOptions, info, per_block: bool):
     """The :class:`runner.cluster.ClusterPredictor` of ``--scheduler`` (None without it); refuses a model that
     cannot run block by block in the workers' interpreter."""
     if not run.scheduler:
@@ -337,7 +337,7 @@ def _cluster(run: RunOptions, info, model, per_block: bool):
         )
     from runner.cluster import ClusterPredictor
 
-    return ClusterPredictor(run.scheduler, model, info.name)
+    return ClusterPredictor(run.scheduler, info.path, info.name)
 
 
 def _with_totals(params: dict | None, totals: np.ndarray) -> dict:

@@ -3,8 +3,12 @@
 The annotate process is the cluster's client. It reads, checks and aligns the query a block of cells at a
 time, exactly as the streamed run does (h5ad, zarr, any reader), and sends each aligned block to a worker,
 which runs the model on it and returns the contract's frame; the client writes the output as usual. The
-loaded model is sent to every worker once (``Client.scatter``, broadcast): the workers need neither the query
-file nor the model cache, only cellzoo and the model's pins installed in their Python. The labels are those
+model's folder is sent to every worker once (``Client.scatter``, broadcast, as the bytes of a zip archive), and
+each worker process unpacks it and loads it as the client does (:func:`runner.invoke.load_pyfunc`), so that it
+runs the code the model carries: the workers need neither the query file nor the model cache, only cellzoo and
+the model's pins installed in their Python. (Sending the loaded model instead pickles the classes of its code by
+value but the modules they call by name, which a worker resolves to its own installed ``model_zoo``: a model
+built with other code than the installed cellzoo's would run a mixture of both.) The labels are those
 of the streamed run (each block is annotated alone in both). At most ``IN_FLIGHT`` blocks per worker thread
 are out at a time, so the client holds a bounded number of blocks, as the streamed run does.
 
@@ -14,7 +18,15 @@ run it without ``--scheduler``.
 
 from __future__ import annotations
 
+import atexit
+import hashlib
+import io
+import shutil
+import tempfile
+import threading
+import zipfile
 from collections import deque
+from pathlib import Path
 
 import pandas as pd
 
@@ -24,10 +36,46 @@ IN_FLIGHT = 2  # blocks per worker thread sent ahead of the results
 CONNECT_SECONDS = 30
 
 
+class ShippedModel:
+    """A model folder as the bytes of a zip archive, loaded once per worker process by :meth:`load`."""
+
+    def __init__(self, path: Path):
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for file in sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+                archive.write(file, file.relative_to(path).as_posix())
+        self.archive = buffer.getvalue()
+        self.sha256 = hashlib.sha256(self.archive).hexdigest()
+
+    def load(self):
+        """The model's pyfunc in this process, unpacked into a temporary folder (removed at exit) on first use."""
+        from runner.invoke import load_pyfunc, read_model_info
+
+        with _LOCK:
+            if self.sha256 not in _LOADED:
+                folder = Path(tempfile.mkdtemp(prefix="cellzoo-worker-model-"))
+                atexit.register(shutil.rmtree, folder, True)
+                with zipfile.ZipFile(io.BytesIO(self.archive)) as archive:
+                    archive.extractall(folder)
+                _LOADED[self.sha256] = load_pyfunc(read_model_info(folder))
+            return _LOADED[self.sha256]
+
+
+_LOADED: dict[str, object] = {}  # a worker's models, by the sha256 of their archive
+_LOCK = threading.Lock()
+
+
+def predict_shipped(shipped: ShippedModel, counts, params: dict | None) -> pd.DataFrame:
+    """A worker's task: :func:`runner.invoke.predict_batch` with the shipped model."""
+    from runner.invoke import predict_batch
+
+    return predict_batch(shipped.load(), counts, params)
+
+
 class ClusterPredictor:
     """The model's ``predict`` on the workers of the scheduler at ``address``, block by block, in order."""
 
-    def __init__(self, address: str, model, model_name: str):
+    def __init__(self, address: str, model_path: Path, model_name: str):
         try:
             from distributed import Client
         except ImportError:
@@ -43,7 +91,7 @@ class ClusterPredictor:
             if threads == 0:
                 raise UsageError(f"the dask scheduler at {address!r} has no workers")
             self.limit = IN_FLIGHT * threads
-            self.model = self.client.scatter(model, broadcast=True, hash=False)
+            self.model = self.client.scatter(ShippedModel(model_path), broadcast=True, hash=False)
         except BaseException:
             self.client.close()
             raise
@@ -53,9 +101,7 @@ class ClusterPredictor:
 
     def submit(self, counts, params: dict | None) -> None:
         """Send one aligned block; collect the oldest results while more than the limit are out."""
-        from runner.invoke import predict_batch
-
-        self.pending.append(self.client.submit(predict_batch, self.model, counts, params, pure=False))
+        self.pending.append(self.client.submit(predict_shipped, self.model, counts, params, pure=False))
         while len(self.pending) > self.limit:
             self._collect()
 
