@@ -34,18 +34,20 @@ class ZooAnnotator(mlflow.pyfunc.PythonModel):
         distances: np.ndarray,
         indices: np.ndarray,
     ):
-        """The contract's output frame, with the novelty score (:func:`model_zoo.novelty.query_score`) from the
-        ``distances`` to the nearest reference cells and their ``indices``."""
-        score = novelty.query_score(
+        """The contract's output frame, with the novelty score (:func:`model_zoo.novelty.combined`) from the
+        ``distances`` to the nearest reference cells and their ``indices``; its parts stay in ``self.novelty_parts``
+        until the next call (not in the contract's output; the build reads them to calibrate the distance)."""
+        parts = novelty.query_parts(
             distances, indices, counts, totals, probabilities, present, self.technical, self.weights
         )
+        self.novelty_parts = parts
         return contract.output_frame(
             self.weights.classes,
             probabilities,
             self.ontology_ids,
             latent,
             umap,
-            novelty_score=score,
+            novelty_score=novelty.combined(parts, len(probabilities)),
             hierarchy=self.hierarchy,
             params=params,
         )

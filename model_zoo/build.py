@@ -15,7 +15,10 @@ is integer), ``batch_column`` (default: the file name when several files are giv
 the cells' Cell Ontology ids, harmonised across files: :func:`model_zoo.harmonise.harmonise`),
 ``cap_per_class`` (cap & fill) and ``files`` entries that are mappings (``file`` and that file's own
 ``label_column`` / ``batch_column``). An ``evaluation`` query may name its ``gene_column`` (the ``var``
-column whose names the runner would choose).
+column whose names the runner would choose). ``novelty_calibration`` (one query in the same form, beside the
+reference; its ``labels`` name the cells of the reference's own types) scales the novelty distance so that 0.5%
+of that other study's cells are novel by it (:func:`calibrate_distance`): for a family whose space moves a
+whole study away from the reference (``scanvi``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -42,7 +46,7 @@ from model_zoo import contract, novelty
 from model_zoo.card import render_card
 from model_zoo.family import FAMILIES, FamilyError, load_family
 from model_zoo.metrics import expected_calibration_error, ontology_match
-from model_zoo.pyfunc_io import python_model_predict
+from model_zoo.pyfunc_io import Trained, python_model_predict
 
 logger = logging.getLogger(__name__)
 
@@ -52,14 +56,26 @@ COUNT_CHECK_VALUES = 2_000_000
 TIMING_CELLS = 10_000  # annotation time reported in the card: per this many cells
 
 
-NOVELTY_NOTE = (
-    "how unlike the reference a cell is: the larger of (1) its mean distance to its 10 nearest reference cells in "
-    "the model's space against how far apart reference cells sit there (over the square root of the spread of its "
-    "most probable class times that of its neighbours), divided by the value that 0.5% of reference cells exceed, "
-    "and (2) the shortfall of the share of its counts in the model's genes against its class's reference cells "
-    "(technical genes left out; 1.0 at the lower of the held-out 0.5% quantile and 0.6 of the share); above the "
-    "runner's --novelty-threshold (1.0) a cell is 'Unassigned' (model_zoo.novelty)"
-)
+def novelty_note(calibration: dict | None = None) -> str:
+    """What the model's novelty score is, for its metadata and card (``calibration``: :func:`calibrate_distance`'s
+    record, when the distance is scaled to another study)."""
+    beyond = f"{100 * (1 - novelty.QUANTILE):g}%"
+    study = (
+        f", then by {calibration['study_scale']}, the value that {beyond} of {calibration['n_cells']} cells of "
+        f"another study ({calibration['file']}) exceed"
+        if calibration
+        else ""
+    )
+    return (
+        f"how unlike the reference a cell is: the largest of (1) its mean distance to its {novelty.NEIGHBORS} "
+        "nearest reference cells in the model's space against how far apart reference cells sit there (over the "
+        "square root of the spread of its most probable class times that of its neighbours), divided by the value "
+        f"that {beyond} of reference cells exceed{study}; (2) the shortfall of the share of its counts in the "
+        f"model's genes against its class's reference cells (technical genes left out; 1.0 at the lower of the "
+        f"held-out {beyond} quantile and {novelty.COMPOSITION_BOUND} of the share); and (3) the same shortfall "
+        f"over its class's {novelty.MARKER_GENES} marker genes (1.0 at {novelty.MARKER_BOUND} of the share); above "
+        "the runner's --novelty-threshold (1.0) a cell is 'Unassigned' (model_zoo.novelty)"
+    )
 
 
 class BuildError(Exception):
@@ -214,19 +230,23 @@ def label_table(recipe: dict, reference: Labelled) -> dict[str, dict]:
     return {label: {"ontology_term_id": table[label], "ontology_term_name": label} for label in sorted(table.index)}
 
 
-def evaluate_query(model, model_genes: np.ndarray, path: Path, spec: dict) -> dict:
-    """Ontology-level accuracy, ECE and annotation time of a saved model on a labelled query of another study.
-
-    The query goes in as a DataFrame of all its genes (so the novelty score sees each cell's total), and is
-    scored as the runner answers by default: the answer after back-off, `Unassigned` counted wrong.
-    """
+def query_frame(model_genes: np.ndarray, path: Path, spec: dict) -> tuple[Labelled, pd.DataFrame]:
+    """A labelled query of another study (its cells of ``spec['labels']``) and the model's input for it: a
+    DataFrame of the model's genes it has, with each cell's total over all its genes (so the novelty score sees
+    it) beside them."""
     query = read_labelled(path, spec["label_column"], set(spec["labels"]), {"gene_column": spec.get("gene_column")})
     frame = pd.DataFrame.sparse.from_spmatrix(query.counts, columns=query.genes).sparse.to_dense()
     frame = frame.T.groupby(level=0).sum().T  # genes named twice are summed, as the runner sums them
     # the signature names the model's genes alone (MLflow would drop the other columns): each cell's total
     # over all its genes goes beside them
     totals = frame.loc[:, ~novelty.technical(frame.columns)].sum(axis=1)  # as the runner totals for the novelty
-    frame = frame[[g for g in model_genes if g in frame.columns]].assign(**{contract.TOTAL_COUNTS: totals})
+    return query, frame[[g for g in model_genes if g in frame.columns]].assign(**{contract.TOTAL_COUNTS: totals})
+
+
+def evaluate_query(model, model_genes: np.ndarray, path: Path, spec: dict) -> dict:
+    """Ontology-level accuracy, ECE and annotation time of a saved model on a labelled query of another study,
+    scored as the runner answers by default: the answer after back-off, `Unassigned` counted wrong."""
+    query, frame = query_frame(model_genes, path, spec)
     out = model.predict(frame)
     truth = np.array([spec["labels"][label] for label in query.labels])
 
@@ -252,6 +272,44 @@ def evaluate_query(model, model_genes: np.ndarray, path: Path, spec: dict) -> di
         "coarser_fraction": round(float(np.mean(kind == "coarser")), 4),
         "ece": round(expected_calibration_error(confidence, finest), 4),
     }
+
+
+def calibrate_distance(model_dir: Path, model_genes: np.ndarray, class_terms: list[str], path: Path, spec: dict):
+    """The study scale of a saved model's distance (:func:`model_zoo.novelty.study_scale`) from the cells of
+    another study's query (``spec``) whose label's term (``spec['labels']``) is one of the model's classes'
+    ``class_terms`` or a relative of one (so that no cell of a type the model lacks sets it), mapped as the runner
+    maps a query; a record for the model's metadata."""
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(str(model_dir))
+    query, frame = query_frame(model_genes, path, spec)
+    known = {label for label, term in spec["labels"].items() if any(ontology_match(c, term) for c in class_terms)}
+    keep = np.isin(query.labels, sorted(known))
+    if not keep.any():
+        raise BuildError(f"no cell of {path.name} has a label of the model's classes to calibrate the novelty on")
+    model.predict(frame[keep])
+    distance = model.unwrap_python_model().novelty_parts.get("distance")
+    if distance is None or not np.isfinite(distance).all():
+        raise BuildError(
+            f"the model gave {path.name}'s cells no finite novelty distance to calibrate on (family "
+            f"{model.metadata.metadata.get('family')!r}): remove 'novelty_calibration' from the recipe"
+        )
+    scale = novelty.study_scale(distance)
+    return {
+        "file": path.name,
+        "file_sha256": sha256_file(path),
+        "n_cells": int(keep.sum()),
+        "novel_by_distance_before": round(float(np.mean(distance > 1.0)), 4),
+        "study_scale": round(scale, 4),
+    }
+
+
+def with_study_scale(trained, scale: float):
+    """``trained`` (a family's weights, or a :class:`~model_zoo.pyfunc_io.Trained`) with its distance's study
+    scale set."""
+    if isinstance(trained, Trained):
+        return dataclasses.replace(trained, weights=with_study_scale(trained.weights, scale))
+    return dataclasses.replace(trained, novelty_study_scale=scale)
 
 
 def time_annotation(model, model_genes: np.ndarray, cells: Labelled, source: str, n_cells: int) -> dict:
@@ -383,6 +441,7 @@ def build(
         raise BuildError(str(err)) from err
     ref = recipe["reference"]
     reference, batch, labels_table, notes = prepare_reference(recipe, references)
+    calibration = _calibration(recipe, references)  # before training: a missing file fails fast
     if genes_from is not None:
         reference, notes["panel"] = restrict_to_panel(reference, read_gene_list(genes_from), genes_from)
         recipe["version"] = f"{recipe['version']}+panel.{notes['panel']['sha256'][:8]}"
@@ -409,7 +468,7 @@ def build(
         "labels": {c: labels_table[c] for c in trained.classes},
         "input": "raw counts (non-negative integers), cells x model genes, in the order of genes.txt",
         "uncertainty": family.uncertainty,
-        "novelty": NOVELTY_NOTE,
+        "novelty": novelty_note(),
         "cell_totals_exclude": novelty.TECHNICAL,  # the genes the runner leaves out of params['cell_totals']
         "query_mapping": family.query_mapping,
         "stores": family.stores,
@@ -435,6 +494,14 @@ def build(
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{target.name}.") as tmp:
         staging = Path(tmp) / target.name
         family.pyfunc.save_model(staging, trained, metadata["labels"], metadata)
+        if calibration is not None:  # the distance scaled to another study: saved again with the scale
+            terms = [entry["ontology_term_id"] for entry in metadata["labels"].values()]
+            record = calibrate_distance(staging, trained.genes, terms, *calibration)
+            trained = with_study_scale(trained, record["study_scale"])
+            metadata["training"]["novelty_calibration"] = record
+            metadata["novelty"] = novelty_note(record)
+            shutil.rmtree(staging)
+            family.pyfunc.save_model(staging, trained, metadata["labels"], metadata)
         save_reference_summary(staging, trained, counts, genes, labels)
         metadata["metrics"] |= _evaluate(staging, trained.genes, references, recipe, timing_cells)
         _rewrite_metadata(staging, metadata)
@@ -466,6 +533,27 @@ def _counts_note(ref: dict) -> str:
         f"{where} holds log{undo['base']}(counts / {undo['size_factor_column']} + 1); raw counts recovered as "
         f"({undo['base']}^x - 1) * {undo['size_factor_column']}, checked to be integers within {INTEGER_TOLERANCE}"
     )
+
+
+def _calibration(recipe: dict, references: list[Path]) -> tuple[Path, dict] | None:
+    """The recipe's ``novelty_calibration`` query (beside the first reference) and its spec; None without one."""
+    spec = recipe.get("novelty_calibration")
+    if not spec:
+        return None
+    missing = [k for k in ("file", "label_column", "labels") if k not in spec] if isinstance(spec, dict) else []
+    if not isinstance(spec, dict) or missing or not isinstance(spec["labels"], dict):
+        what = f"it lacks {', '.join(missing)}" if missing else "give it as a mapping, its labels as a mapping"
+        raise BuildError(
+            "the recipe's novelty_calibration is a labelled query like an evaluation entry (file, label_column, "
+            f"labels: label -> ontology term id): {what}"
+        )
+    path = references[0].parent / str(spec["file"])
+    if not path.is_file():
+        raise BuildError(
+            f"the recipe calibrates the novelty distance on {spec['file']}, which is not beside the reference "
+            f"({path.parent}): put it there, or remove 'novelty_calibration' from the recipe"
+        )
+    return path, spec
 
 
 def _evaluate(model_dir: Path, genes: np.ndarray, references: list[Path], recipe: dict, timing_cells: int) -> dict:

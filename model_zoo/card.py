@@ -50,6 +50,12 @@ def render_card(meta: dict) -> str:
     )
     cross = meta["metrics"].get("cross_study", [])
     cross_table = _table(cross, CROSS_STUDY_COLUMNS) if cross else "None scored."
+    calibration = training.get("novelty_calibration")
+    if calibration:
+        cross_table += (
+            f"\nThe novelty distance is scaled to `{calibration['file']}` (`novelty_calibration` above): a query of "
+            "that file says nothing about how many cells of another study the novelty score leaves `Unassigned`.\n"
+        )
     details = [{"what": k, "value": v} for k, v in training.items()]
     return f"""# Model card: {meta["name"]} {meta["version"]}
 

@@ -31,6 +31,11 @@ of three ratios, each 1.0 at its threshold, so that a cell above 1.0 is novel:
   of the share expected of a mononuclear phagocyte) but not on what makes its answer that class (LYZ,
   S100A8/9, CST3: 0.10); models built before it (``pbmc`` up to 1.4.0) carry the code without it.
 
+A family whose space moves a whole study away from the reference (the scANVI latent space after scArches
+surgery: another study's cells of the reference's own types land farther out than held-out reference cells)
+scales the distance once more, by the value that 0.5% of the cells of another study of those types exceed
+(``novelty_study_scale``, :func:`study_scale`; the recipe's ``novelty_calibration``, fitted at build time).
+
 The composition needs each cell's total count over the query's genes (but the technical ones): the
 runner passes it (``params['cell_totals']``, leaving out the genes the model names in its metadata
 ``cell_totals_exclude``); a DataFrame's total is taken over all its gene columns. Both scales and the
@@ -68,6 +73,7 @@ class NoveltyWeights:
     novelty_reference_distance: np.ndarray | None = None  # (N,) each reference cell's distance to its nearest
     novelty_class_distance_scale: np.ndarray | None = None  # (K,)
     novelty_local_scale: float = np.nan
+    novelty_study_scale: float = np.nan  # :func:`study_scale` (NaN: the distance is not calibrated on another study)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The novelty fields as float32 npz entries (the absent arrays left out)."""
@@ -183,14 +189,26 @@ def local_distance_fit(index, latent: np.ndarray, label: np.ndarray, n_classes: 
 def distance_ratio(distances: np.ndarray, indices: np.ndarray, classes: np.ndarray, weights) -> np.ndarray:
     """``d / sqrt(s_class * s_local)`` of query cells (module docstring) from their ascending ``distances`` to
     the nearest reference cells, their ``indices`` and their most probable ``classes``, divided by
-    ``weights.novelty_local_scale``; a model built before the local scales: ``d`` over its one held-out scale."""
+    ``weights.novelty_local_scale`` and by ``weights.novelty_study_scale`` where the model has one; a model built
+    before the local scales: ``d`` over its one held-out scale."""
     mean = mean_distance(distances)
     own = getattr(weights, "novelty_reference_distance", None)
     if own is None or np.size(own) == 0:
         return mean / max(float(weights.novelty_distance_scale), 1e-12)
     local = np.asarray(own, dtype=np.float64)[indices[:, :NEIGHBORS]].mean(axis=1)
     by_class = np.asarray(weights.novelty_class_distance_scale, dtype=np.float64)[classes]
-    return mean / np.sqrt(np.maximum(by_class * local, 1e-24)) / max(float(weights.novelty_local_scale), 1e-12)
+    ratio = mean / np.sqrt(np.maximum(by_class * local, 1e-24)) / max(float(weights.novelty_local_scale), 1e-12)
+    study = float(getattr(weights, "novelty_study_scale", np.nan))
+    return ratio / study if np.isfinite(study) else ratio
+
+
+def study_scale(distance: np.ndarray) -> float:
+    """The distance's scale from cells of another study of the reference's own types (their distance ratio,
+    :func:`distance_ratio`, before any study scale): its ``QUANTILE``, never below 1 (a study scale only widens
+    the reach the reference's own cells set). For a family whose space moves a whole study away from the
+    reference (the scANVI latent space after surgery, docs/design.md), so that 0.5% of such cells are novel by
+    their distance rather than 0.5% of the reference's."""
+    return max(1.0, float(np.quantile(np.asarray(distance, dtype=np.float64), QUANTILE)))
 
 
 def calibrate(held_distance: np.ndarray, held_log_ratio: np.ndarray) -> dict[str, float]:
@@ -226,7 +244,7 @@ def report(scales: dict) -> dict[str, float]:
     return {k: round(float(v), 4) for k, v in scales.items() if np.ndim(v) == 0}
 
 
-def query_score(
+def query_parts(
     distances: np.ndarray,
     indices: np.ndarray,
     counts,
@@ -235,21 +253,26 @@ def query_score(
     present: np.ndarray,
     technical_genes: np.ndarray,
     weights,
-) -> np.ndarray:
-    """The novelty score of query cells from their ascending distances to the nearest reference cells and the
-    indices of those cells, their counts in model gene order, their totals over the non-technical genes (or
-    None: no composition), their class probabilities and the mask of the model's :func:`technical` genes;
-    ``weights`` carries the scales and ``class_gene_share`` (a model built before them: NaN)."""
+) -> dict[str, np.ndarray]:
+    """The three ratios of query cells (``distance``, ``composition``, ``markers``; each 1.0 at its threshold)
+    from their ascending distances to the nearest reference cells and the indices of those cells, their counts
+    in model gene order, their totals over the non-technical genes (or None: distance alone), their class
+    probabilities and the mask of the model's :func:`technical` genes; ``weights`` carries the scales and
+    ``class_gene_share``. Empty for a model built before them."""
     share = getattr(weights, "class_gene_share", None)
     if share is None or not np.isfinite(float(getattr(weights, "novelty_distance_scale", np.nan))):
-        return np.full(len(distances), np.nan)
-    out = distance_ratio(distances, indices, probabilities.argmax(axis=1), weights)
+        return {}
+    best = probabilities.argmax(axis=1)
+    parts = {"distance": distance_ratio(distances, indices, best, weights)}
     if totals is not None:
         used = present & ~technical_genes
         in_model = np.asarray(counts[:, used].sum(axis=1)).ravel()
         expected = probabilities @ np.asarray(share)[:, used].sum(axis=1)
-        ratio = log_share_ratio(in_model, totals, expected)
-        out = np.maximum(out, ratio / float(weights.novelty_share_floor))
-        markers = log_marker_ratio(counts, totals, probabilities.argmax(axis=1), share, used)
-        out = np.maximum(out, markers / np.log(MARKER_BOUND))
-    return out
+        parts["composition"] = log_share_ratio(in_model, totals, expected) / float(weights.novelty_share_floor)
+        parts["markers"] = log_marker_ratio(counts, totals, best, share, used) / np.log(MARKER_BOUND)
+    return parts
+
+
+def combined(parts: dict[str, np.ndarray], n_cells: int) -> np.ndarray:
+    """The novelty score: the largest of :func:`query_parts` (NaN for every cell when there are none)."""
+    return np.maximum.reduce(list(parts.values())) if parts else np.full(n_cells, np.nan)
