@@ -277,8 +277,9 @@ def _predict(query, checked: CheckedQuery, info, params, run: RunOptions):
     manager = choose_manager(run.env_manager, spec)
     batch_size = run.batch_size
     environment: dict = {"manager": manager}
-    model = load_pyfunc(info) if manager == "local" else None
-    per_block = model is not None and not info.maps_whole_query
+    per_block = manager == "local" and not info.maps_whole_query
+    # on a cluster the workers load the model (runner.cluster.ShippedModel), not this process
+    model = load_pyfunc(info) if manager == "local" and not run.scheduler else None
     cluster = _cluster(run, info, per_block)
     if cluster is not None:
         environment["scheduler"] = run.scheduler

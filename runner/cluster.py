@@ -48,20 +48,33 @@ class ShippedModel:
         self.sha256 = hashlib.sha256(self.archive).hexdigest()
 
     def load(self):
-        """The model's pyfunc in this process, unpacked into a temporary folder (removed at exit) on first use."""
+        """The model's pyfunc in this process, unpacked into a temporary folder on first use. A worker keeps one
+        model: another one replaces it (its folder removed); folders of killed workers go at the next unpack."""
+        from runner.files import owner_tag, remove_stale
         from runner.invoke import load_pyfunc, read_model_info
 
         with _LOCK:
-            if self.sha256 not in _LOADED:
-                folder = Path(tempfile.mkdtemp(prefix="cellzoo-worker-model-"))
+            if _LOADED.get("sha256") != self.sha256:
+                if "folder" in _LOADED:
+                    shutil.rmtree(_LOADED["folder"], ignore_errors=True)
+                _LOADED.clear()
+                root = Path(tempfile.gettempdir())
+                remove_stale(root / f"{WORKER_FOLDER}.*")
+                folder = Path(tempfile.mkdtemp(prefix=f"{WORKER_FOLDER}.{owner_tag()}.", dir=root))
+                try:
+                    with zipfile.ZipFile(io.BytesIO(self.archive)) as archive:
+                        archive.extractall(folder)
+                    model = load_pyfunc(read_model_info(folder))
+                except BaseException:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    raise
                 atexit.register(shutil.rmtree, folder, True)
-                with zipfile.ZipFile(io.BytesIO(self.archive)) as archive:
-                    archive.extractall(folder)
-                _LOADED[self.sha256] = load_pyfunc(read_model_info(folder))
-            return _LOADED[self.sha256]
+                _LOADED.update(sha256=self.sha256, folder=folder, model=model)
+            return _LOADED["model"]
 
 
-_LOADED: dict[str, object] = {}  # a worker's models, by the sha256 of their archive
+WORKER_FOLDER = "cellzoo-worker-model"  # a worker's unpacked model: WORKER_FOLDER.PID@HOST.RANDOM in its temp dir
+_LOADED: dict = {}  # the worker's model: its archive's sha256, its folder, its pyfunc
 _LOCK = threading.Lock()
 
 

@@ -86,9 +86,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
         interrupt.check()
         os.replace(tmp, path)
     finally:
-        interrupt.release(raise_held=False)
+        interrupt.hold()  # a signal now would leave the file behind: it is recorded, raised by the run's check
         if tmp is not None:
             tmp.unlink(missing_ok=True)
+        interrupt.release(raise_held=False)
 
 
 class Outputs:

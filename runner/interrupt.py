@@ -44,6 +44,7 @@ def restore(handlers: dict) -> None:
     for signum, handler in handlers.items():
         signal.signal(signum, handler)
     _received.clear()
+    _holding[0] = False
 
 
 def hold() -> None:
