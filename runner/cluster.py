@@ -3,7 +3,7 @@
 The annotate process is the cluster's client. It reads, checks and aligns the query a block of cells at a
 time, exactly as the streamed run does (h5ad, zarr, any reader), and sends each aligned block to a worker,
 which runs the model on it and returns the contract's frame; the client writes the output as usual. The
-model's folder is sent to every worker once (``Client.scatter``, broadcast, as the bytes of a zip archive), and
+model's folder is sent to every worker once (``Client.scatter``, broadcast, as the bytes of its archive), and
 each worker process unpacks it and loads it as the client does (:func:`runner.invoke.load_pyfunc`), so that it
 runs the code the model carries: the workers need neither the query file nor the model cache, only cellzoo and
 the model's pins installed in their Python. (Sending the loaded model instead pickles the classes of its code by
@@ -19,17 +19,15 @@ run it without ``--scheduler``.
 from __future__ import annotations
 
 import atexit
-import hashlib
-import io
 import shutil
 import tempfile
 import threading
-import zipfile
 from collections import deque
 from pathlib import Path
 
 import pandas as pd
 
+from runner.archive import pack_model_dir, safe_extract
 from runner.errors import ModelError, UsageError
 
 IN_FLIGHT = 2  # blocks per worker thread sent ahead of the results
@@ -37,15 +35,14 @@ CONNECT_SECONDS = 30
 
 
 class ShippedModel:
-    """A model folder as the bytes of a zip archive, loaded once per worker process by :meth:`load`."""
+    """A model folder as the bytes of its archive (:func:`runner.archive.pack_model_dir`: the same folder gives
+    the same bytes), loaded once per worker process by :meth:`load`."""
 
     def __init__(self, path: Path):
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            for file in sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-                archive.write(file, file.relative_to(path).as_posix())
-        self.archive = buffer.getvalue()
-        self.sha256 = hashlib.sha256(self.archive).hexdigest()
+        with tempfile.TemporaryDirectory(prefix="cellzoo-ship-") as tmp:
+            archive = Path(tmp) / "model.zip"
+            self.sha256, _ = pack_model_dir(path, archive)
+            self.archive = archive.read_bytes()
 
     def load(self):
         """The model's pyfunc in this process, unpacked into a temporary folder on first use. A worker keeps one
@@ -62,9 +59,10 @@ class ShippedModel:
                 remove_stale(root / f"{WORKER_FOLDER}.*")
                 folder = Path(tempfile.mkdtemp(prefix=f"{WORKER_FOLDER}.{owner_tag()}.", dir=root))
                 try:
-                    with zipfile.ZipFile(io.BytesIO(self.archive)) as archive:
-                        archive.extractall(folder)
-                    model = load_pyfunc(read_model_info(folder))
+                    archive = folder / "model.zip"
+                    archive.write_bytes(self.archive)
+                    safe_extract(archive, folder / "model")
+                    model = load_pyfunc(read_model_info(folder / "model"))
                 except BaseException:
                     shutil.rmtree(folder, ignore_errors=True)
                     raise
