@@ -64,3 +64,27 @@ def test_a_whole_query_model_is_refused_before_any_cluster(tmp_path):
         "annotate", str(EXAMPLE), "-m", str(model), "-o", str(tmp_path / "o.h5ad"), "--scheduler", "tcp://127.0.0.1:9"
     )
     assert_one_line_error(done, 2, "maps the whole query")
+
+
+def test_a_worker_that_cannot_load_the_model_leaves_no_folder_and_sweeps_those_of_dead_workers(tmp_path, monkeypatch):
+    """What a worker unpacks goes again if the model fails to load, and folders of killed workers of this host go
+    at the next unpack (atexit never runs in a killed process)."""
+    import subprocess
+    import tempfile
+
+    from runner.cluster import WORKER_FOLDER, ShippedModel
+    from runner.errors import ModelError
+    from runner.files import owner_tag
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the worker's temporary folder
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    dead = tmp_path / f"{WORKER_FOLDER}.{ended.pid}@{owner_tag().partition('@')[2]}.abc123"
+    (dead / "model").mkdir(parents=True)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "MLmodel").write_text("flavors: {}\n")  # no gene list: read_model_info refuses it
+    shipped = ShippedModel(broken)
+    with pytest.raises(ModelError, match="no gene list"):
+        shipped.load()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]
