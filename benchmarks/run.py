@@ -19,7 +19,7 @@ from pathlib import Path
 if not __package__:  # run as a script (python benchmarks/run.py): make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import accuracy, cluster, lung, lung_panel, novelty, placement, scale, voting
+from benchmarks import accuracy, cluster, lung, lung_panel, novelty, novelty_limits, placement, scale, voting
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -28,6 +28,7 @@ PARTS = {
     "lung": lung.main,
     "lung_panel": lung_panel.main,
     "novelty": novelty.main,
+    "novelty_limits": novelty_limits.main,
     "placement": placement.main,
     "voting": voting.main,
     "scale": scale.main,
@@ -45,12 +46,14 @@ part names its machine, versions and settings. Plots are in `docs/benchmarks/`.
 - [Lung: leave one study out, back-off, cap & fill](#lung-leave-one-study-out-back-off-cap--fill): {lung}
 - [A targeted lung panel](#a-targeted-lung-panel): {lung_panel}
 - [Novelty: types, tissues and species the model never saw][novelty]: {novelty}
+- [Novelty limits: what a class missing from the reference carries][limits]: {novelty_limits}
 - [Placement on the reference map](#placement-on-the-reference-map): {placement}
 - [Majority voting: cellzoo against CellTypist](#majority-voting-cellzoo-against-celltypist): {voting}
 - [Scale and speed](#scale-and-speed): {scale}
 - [Dask: annotate on a cluster](#dask-annotate-on-a-cluster): {cluster}
 
 [novelty]: #novelty-types-tissues-and-species-the-model-never-saw
+[limits]: #novelty-limits-what-a-class-missing-from-the-reference-carries
 """
 
 
