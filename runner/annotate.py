@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from runner import __version__, keys
 from runner.envs import choose_manager, ensure_env, read_env_spec
 from runner.errors import UsageError
-from runner.files import Outputs, same_file
+from runner.files import Outputs, check_writable_path, is_temporary_of, same_file
 from runner.invoke import load_pyfunc, predict_batch, predict_in_env, read_model_info, run_params
 from runner.keys import ResultKeys
 from runner.options import CheckOptions, ModelOptions, ReadOptions, RunOptions
@@ -87,8 +87,15 @@ def check_output_names(input_path: Path, output: Path, table: Path | None, key_a
     """Refuse outputs that would overwrite the input or each other, and a key that cannot be written, before
     anything is read."""
     for flag, path in (("-o", output), ("--table", table)):
-        if path is not None and same_file(path, input_path):
+        if path is None:
+            continue
+        if same_file(path, input_path):
             raise UsageError(f"{flag} {path} is the input; cellzoo never modifies its input: choose another path")
+        if is_temporary_of(input_path, path):  # it would be swept as a killed run's leftover
+            raise UsageError(
+                f"the input {input_path} is named like a temporary file of {flag} {path}; rename the input"
+            )
+        check_writable_path(flag, path)
     if table is not None and same_file(table, output):
         raise UsageError(f"-o and --table are both {output}: one would replace the other; give two paths")
     if key_added is not None:

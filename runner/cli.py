@@ -59,7 +59,8 @@ SpeciesMap = Annotated[bool, _flag(CheckOptions, "species_map")]
 Registries = Annotated[list[Path] | None, _flag(ModelOptions, "registries", "--registry")]
 Trust = Annotated[bool, _flag(ModelOptions, "trust")]
 ReportDir = Annotated[
-    Path | None, typer.Option("--report", help="Also write an HTML report with its figures into this folder.")
+    Path | None,
+    typer.Option("--report", help="Also write an HTML report with its figures into this folder (new, or --overwrite)."),
 ]
 Offline = Annotated[bool, typer.Option(envvar="CELLZOO_OFFLINE", help=ModelOptions.help("offline"))]
 TrackingUri = Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI", help=ModelOptions.help("tracking_uri"))]
@@ -178,7 +179,7 @@ def annotate(
         Path | None, typer.Option("--output", "-o", help="Output .h5ad \\[default: INPUT.annotated.h5ad].")
     ] = None,
     key_added: Annotated[str | None, typer.Option(help="Key K of the results \\[default: the model's name].")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file and existing result keys.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file, result keys and report.")] = False,
     table: Annotated[
         Path | None, typer.Option(help="Also write one row per cell to a .csv, .tsv or .parquet table.")
     ] = None,
@@ -218,6 +219,10 @@ def annotate(
 
     values = locals() | {"registries": registries or ()}
     with _running():
+        if report is not None:
+            from runner.report import check_report_dir
+
+            check_report_dir(report, overwrite=overwrite)
         summary = run_annotate(
             input,
             model,

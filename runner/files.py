@@ -62,6 +62,32 @@ def remove_stale(pattern: Path) -> list[Path]:
     return removed
 
 
+def temporary_prefix(path: Path) -> str:
+    """The start of the names of :func:`atomic_path`'s temporary files for ``path`` (they end with ``.tmp``)."""
+    return f".{path.name}."
+
+
+def is_temporary_of(candidate: Path, path: Path) -> bool:
+    """Whether ``candidate`` is named like a temporary file of ``path`` beside it, which a later run may remove."""
+    name = candidate.name
+    named = name.startswith(temporary_prefix(path)) and name.endswith(".tmp")
+    return named and same_file(candidate.parent, path.parent)
+
+
+def check_writable_path(flag: str, path: Path, *, folder: bool = False) -> None:
+    """Refuse, before anything runs, an output path that names something other than a file (``folder``: a
+    folder) -- a device such as /dev/null, a pipe: replacing it would destroy it -- or lies below a file."""
+    kind, is_kind = ("folder", Path.is_dir) if folder else ("regular file", Path.is_file)
+    try:
+        if path.exists() and not is_kind(path):
+            raise UsageError(f"{flag} {path} exists and is not a {kind}; give the path of a {kind.split()[-1]}")
+        parent = next((p for p in path.parents if p.exists()), None)
+    except OSError as err:  # a name too long, a folder that cannot be searched
+        raise UsageError(f"{flag} {path}: {err.strerror or err}; choose another path") from err
+    if parent is not None and not parent.is_dir():
+        raise UsageError(f"{flag} {path}: {parent} is a file, not a folder; choose another path")
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A unique temporary path beside ``path``: renamed onto ``path`` when the block succeeds, removed otherwise.
@@ -70,7 +96,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     (:mod:`runner.interrupt`) stops the rename, even if a library swallowed it.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{path.name}."
+    prefix = temporary_prefix(path)
     remove_stale(path.parent / f"{glob.escape(prefix)}*.tmp")
     tmp = None
     interrupt.hold()  # a signal raised right after mkstemp, before ``tmp`` is set, would leave the file behind
@@ -90,6 +116,36 @@ def atomic_path(path: Path) -> Iterator[Path]:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
         interrupt.release(raise_held=False)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """A temporary folder beside ``path``: when the block succeeds, its entries replace those of the same names
+    in ``path`` (made if needed; its other entries are kept), each by a rename; removed otherwise. Temporary
+    folders of ``path`` left by killed runs are removed first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = temporary_prefix(path)
+    remove_stale(path.parent / f"{glob.escape(prefix)}*.tmp")
+    tmp = None
+    interrupt.hold()  # as in atomic_path: the folder must be known before a signal is raised
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{prefix}{owner_tag()}.", suffix=".tmp"))
+        os.chmod(tmp, 0o777 & ~_umask())
+        interrupt.release()
+        yield tmp
+        interrupt.check()
+        interrupt.hold()  # placing the entries takes a few renames: a signal is raised once they are all in place
+        path.mkdir(exist_ok=True)
+        for entry in sorted(tmp.iterdir()):
+            target = path / entry.name
+            if target.is_dir() and not target.is_symlink():
+                target.rename(tmp / f"{entry.name}.replaced")  # a folder cannot be renamed onto a full one
+            os.replace(entry, target)
+    finally:
+        interrupt.hold()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        interrupt.release()
 
 
 class Outputs:
@@ -116,10 +172,13 @@ class Outputs:
     def claim(self) -> None:
         for path in self.paths:
             missing = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.folders += missing
-            if not self.overwrite:
-                self._claim(path)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.folders += missing
+                if not self.overwrite:
+                    self._claim(path)
+            except OSError as err:  # a read-only folder, a name too long, a file system that refuses
+                raise UsageError(f"cannot write {path}: {err.strerror or err}; choose another path") from err
 
     def _claim(self, path: Path) -> None:
         for _ in range(2):

@@ -33,7 +33,7 @@ UNASSIGNED_THRESHOLD = "unassigned_threshold"
 NOVELTY_THRESHOLD = "novelty_threshold"
 BACKOFF = "backoff"
 LEVELS = ("compartment", "lineage")  # the levels of model_zoo/data/ontology_levels.csv
-RESULT_KEY = re.compile(r"^[^/\x00]+$")  # a key K names h5ad groups: no "/", not empty
+RESULT_KEY = re.compile(r"^(?!\.$)[^/\x00]+$")  # a key K names h5ad groups: no "/", not empty, not "." (HDF5: "here")
 # keys whose K_ontology_term_id is a column the CELLxGENE schema defines (where '' for Unassigned is invalid)
 SCHEMA_KEYS = (
     "assay",
@@ -56,8 +56,12 @@ class ResultKeys:
     key: str
 
     def __post_init__(self) -> None:
+        if not isinstance(self.key, str):
+            raise UsageError(f"--key-added {self.key!r}: a key is a string, got {type(self.key).__name__}")
         if not RESULT_KEY.match(self.key):
-            raise UsageError(f"--key-added {self.key!r}: a key is not empty and holds no '/' (h5ad paths use it)")
+            raise UsageError(
+                f"--key-added {self.key!r}: a key is not empty, not '.' and holds no '/' (h5ad paths use them)"
+            )
         if self.key in SCHEMA_KEYS:
             raise UsageError(
                 f"--key-added {self.key!r} would write {self.key}_ontology_term_id, a column the CELLxGENE schema "

@@ -100,8 +100,11 @@ def _validate(f: dataclasses.Field, value: Any) -> None:
     low, high = within
     if isinstance(f.default, int) and not isinstance(value, numbers.Integral):
         raise UsageError(f"{flag} must be a whole number, got {value!r}")
-    if high is None and low is not None and value < low:
+    one_sided = high is None or low is None or isinstance(f.default, int)  # a count: its upper bound is technical
+    if low is not None and value < low and one_sided:
         raise UsageError(f"{flag} must be at least {low}, got {value}")
+    if high is not None and value > high and one_sided:
+        raise UsageError(f"{flag} must be at most {high:,}, got {value}")
     if (low is not None and value < low) or (high is not None and value > high):
         raise UsageError(f"{flag} must be within [{low:g}, {high:g}], got {value}")
 
@@ -138,6 +141,7 @@ class ReadOptions(Options):
 
 
 DEFAULT_MIN_GENE_OVERLAP = 0.2
+MAX_BATCH_SIZE = 2**31 - 1  # a block's cell count is recorded in the output's provenance (an HDF5 integer)
 
 
 @dataclass(frozen=True)
@@ -165,7 +169,7 @@ class CheckOptions(Options):
 class RunOptions(Options):
     """How the model is run over the query, and how its answers are turned into labels."""
 
-    batch_size: int = option(10_000, "Cells read and annotated at a time.", within=(1, None))
+    batch_size: int = option(10_000, "Cells read and annotated at a time.", within=(1, MAX_BATCH_SIZE))
     unassigned_threshold: float = option(
         0.5,
         "An answer needs a probability of at least 1 - this (its class's, or with back-off the summed probability "

@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from runner import keys
-from runner.errors import CellzooError, InputError
+from runner.errors import CellzooError, InputError, OutputError, UsageError
+from runner.files import atomic_folder, check_writable_path
 from runner.keys import ResultKeys
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ MARKERS = "artifacts/markers.json"
 WEIGHTS = "artifacts/weights.npz"  # every family's weights hold ``reference_umap``
 MAX_POINTS = 200_000  # query cells drawn on a map (a random sample beyond; every cell is counted)
 GREY, UNASSIGNED_COLOUR = "#d9d9d9", "#7f7f7f"
+PAGE = "index.html"
 FIGURES = ("map_labels", "map_scores", "levels", "uncertainty", "dotplot")  # figures/NAME.png and .svg
 
 
@@ -360,20 +362,35 @@ def default_report_dir(path: Path) -> Path:
     return path.with_name(f"{path.name.removesuffix('.h5ad')}.report")
 
 
+def check_report_dir(out_dir: Path, *, overwrite: bool) -> None:
+    """Refuse, before a run, a report folder that cannot be one, or that holds a report and ``overwrite`` is
+    not given (``annotate --report``; ``cellzoo report`` replaces the report it is asked to write)."""
+    check_writable_path("--report", out_dir, folder=True)
+    if (out_dir / PAGE).exists() and not overwrite:
+        raise UsageError(f"--report {out_dir} holds a report; pass --overwrite to replace it, or choose another folder")
+
+
 def write_report(path: Path, out_dir: Path, *, key: str | None = None, offline: bool = False) -> Path:
     """Write the report of the annotated file ``path`` into ``out_dir``; the page's path.
 
     Writes ``out_dir/index.html`` (self-contained: its figures embedded) and ``out_dir/figures/NAME.png`` and
     ``.svg`` for ``map_labels``, ``map_scores``, ``levels``, ``uncertainty`` and ``dotplot`` (the last when the
-    model carries marker genes).
+    model carries marker genes). They are made in a temporary folder beside ``out_dir`` and renamed into it
+    once all are written (an earlier report there is replaced; other files are kept).
     """
     import anndata as ad
     import matplotlib
 
+    from runner.readers import READ_ERRORS
+
     matplotlib.use("Agg")
     if not path.is_file():
         raise InputError(f"{path} does not exist")
-    adata = ad.read_h5ad(path, backed="r")
+    check_writable_path("the report folder", out_dir, folder=True)
+    try:
+        adata = ad.read_h5ad(path, backed="r")
+    except READ_ERRORS as err:
+        raise InputError(f"{path} is not a readable h5ad file ({err}); give the output of `annotate`") from err
     try:
         k = result_key(adata.uns, key)
         uns = adata.uns[k]
@@ -392,18 +409,21 @@ def write_report(path: Path, out_dir: Path, *, key: str | None = None, offline: 
     in_reference = [] if parts.reference_label is None else sorted(set(parts.reference_label))
     labels = list(dict.fromkeys([*known, *in_reference, *order]))
     colours = palette(labels)
-    figures = Figures(out_dir / "figures")
     threshold = float(uns.get("params", {}).get("unassigned_threshold", 0.5))
-    if umap is not None:
-        map_figures(figures, umap, obs, result, parts, colours)
-    level_counts(figures, obs, result, colours)
-    uncertainty_histograms(figures, obs, result, colours, threshold)
-    expression = marker_expression(path, uns, parts, answers)
-    if expression is not None:
-        dotplot(figures, expression, parts.markers, order)
-    page = render_page(path, k, uns, model, parts, figures, obs)
-    (out_dir / "index.html").write_text(page)
-    return out_dir / "index.html"
+    try:
+        with atomic_folder(out_dir) as tmp:
+            figures = Figures(tmp / "figures")
+            if umap is not None:
+                map_figures(figures, umap, obs, result, parts, colours)
+            level_counts(figures, obs, result, colours)
+            uncertainty_histograms(figures, obs, result, colours, threshold)
+            expression = marker_expression(path, uns, parts, answers)
+            if expression is not None:
+                dotplot(figures, expression, parts.markers, order)
+            (tmp / PAGE).write_text(render_page(path, k, uns, model, parts, figures, obs))
+    except OSError as err:
+        raise OutputError(f"could not write the report into {out_dir}: {err.strerror or err}") from err
+    return out_dir / PAGE
 
 
 def render_page(path: Path, k: str, uns: dict, model: dict, parts: ModelParts, figures: Figures, obs) -> str:

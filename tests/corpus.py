@@ -21,7 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from runner.errors import InputError, OutputError, UsageError
+from runner.errors import InputError, UsageError
 from tests.conftest import EXAMPLE, PBMC_ARCHIVE, PBMC_VERSION
 
 BASE_CELLS = 60  # cells of the bundled example in the small h5ad every input case starts from
@@ -207,7 +207,34 @@ def _linked(query: Path, name: str, hard: bool) -> Path:
 def _table_is_a_folder(query: Path, backed: bool = False) -> tuple[Path, dict, type]:
     (query.parent / "t.csv").mkdir()
     options = {"output": query.with_name("o.h5ad"), "table": query.parent / "t.csv", "overwrite": True}
-    return query, {**options, "backed": backed}, OutputError
+    return query, {**options, "backed": backed}, UsageError  # refused before the run, no longer after it
+
+
+def _option(name: str, value) -> Callable[[Path], tuple[Path, dict, type]]:
+    """An option refused before the run (bad usage)."""
+    return lambda query: (query, {"output": query.with_name("o.h5ad"), name: value}, UsageError)
+
+
+def _output_is_a_pipe(query: Path) -> tuple[Path, dict, type]:
+    """As ``-o /dev/null --overwrite`` run by root, which replaced the device with a file."""
+    os.mkfifo(query.with_name("p.h5ad"))
+    return query, {"output": query.with_name("p.h5ad"), "overwrite": True}, UsageError
+
+
+def _output_below_a_file(query: Path) -> tuple[Path, dict, type]:
+    query.with_name("afile").write_bytes(b"a user's file")
+    return query, {"output": query.parent / "afile" / "o.h5ad"}, UsageError
+
+
+def _input_named_like_a_temporary_output(query: Path) -> tuple[Path, dict, type]:
+    """The input named as a killed run's temporary file of -o would be (a PID above Linux's pid_max: no process):
+    the sweep of leftovers before the write would have deleted it."""
+    from runner.files import owner_tag
+
+    host = owner_tag().partition("@")[2]
+    named = query.with_name(f".o.h5ad.{2**22 + 1}@{host}.abcd.tmp")
+    shutil.copy(query, named)
+    return named, {"output": query.with_name("o.h5ad")}, UsageError
 
 
 def _existing_output(query: Path) -> tuple[Path, dict, type]:
@@ -234,6 +261,13 @@ OUTPUT_MISUSES: dict[str, Callable[[Path], tuple[Path, dict, type]]] = {
     ),
     "--key-added with a slash": lambda q: (q, {"output": q.with_name("o.h5ad"), "key_added": "a/b"}, UsageError),
     "--key-added empty": lambda q: (q, {"output": q.with_name("o.h5ad"), "key_added": ""}, UsageError),
+    "--key-added '.' (HDF5's own group)": _option("key_added", "."),
+    "--batch-size past an HDF5 integer": _option("batch_size", 2**64),
+    "-o a pipe, with --overwrite": _output_is_a_pipe,
+    "-o a folder, with --overwrite": lambda q: (q, {"output": q.parent, "overwrite": True}, UsageError),
+    "-o below a file": _output_below_a_file,
+    "-o a name too long for the file system": lambda q: (q, {"output": q.with_name("x" * 300 + ".h5ad")}, UsageError),
+    "the input named like a temporary file of -o": _input_named_like_a_temporary_output,
     "--table into a folder of that name": _table_is_a_folder,
     "--table into a folder of that name, streamed": lambda q: _table_is_a_folder(q, backed=True),
     "an existing output without --overwrite": _existing_output,
@@ -468,6 +502,9 @@ SINGLE_CASES = [
     "a kept archive that is not a zip",  # test_cache_safety
     "the half tree and partial archive of a killed fetch",  # test_cache_safety
     "the folder of a killed unpinned fetch",  # test_cache_safety
+    "a report stopped by SIGTERM",  # test_report
+    "a report folder that is a file, or holds a report",  # test_report, test_signals_outputs
+    "`cellzoo report` of a truncated file",  # test_report
 ]
 
 

@@ -98,3 +98,54 @@ def test_the_report_renders_in_headless_chromium(report, tmp_path):
     )
     pixels = np.asarray(Image.open(io.BytesIO(shot.read_bytes())).convert("L"), dtype=float)
     assert pixels.std() > 20  # figures drawn, not a blank page
+
+
+def test_a_report_stopped_by_a_signal_leaves_the_earlier_report_whole(report, tmp_path, monkeypatch):
+    """SIGTERM while a report's figures are drawn (`annotate --report`, `cellzoo report` killed by `kill` or
+    Slurm): the page and figures already in the folder stay as they were, no figure of the new one lands
+    beside them, and no temporary folder is left."""
+    import os
+    import signal
+
+    from runner import interrupt
+    from runner.report import Figures
+
+    folder = shutil.copytree(report.parent, tmp_path / "report")
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    save = Figures.save
+
+    def save_then_signal(self, fig, name):
+        save(self, fig, name)
+        os.kill(os.getpid(), signal.SIGTERM)  # after the first figure is on disk
+
+    monkeypatch.setattr(Figures, "save", save_then_signal)
+    saved = interrupt.install()
+    try:
+        with pytest.raises(interrupt.Interrupted):
+            write_report(report.parent.parent / "annotated.h5ad", folder)
+    finally:
+        interrupt.restore(saved)
+    after = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert after == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+
+def test_a_report_folder_that_cannot_be_one_or_holds_a_report_is_refused_before_the_run(report, tmp_path):
+    from runner.errors import InputError, UsageError
+    from runner.report import check_report_dir
+
+    a_file = tmp_path / "afile"
+    a_file.write_text("a user's file")
+    for folder in (a_file, a_file / "report"):
+        with pytest.raises(UsageError, match="afile"):
+            check_report_dir(folder, overwrite=True)
+    with pytest.raises(UsageError, match="--overwrite"):
+        check_report_dir(report.parent, overwrite=False)
+    check_report_dir(report.parent, overwrite=True)
+    check_report_dir(tmp_path / "new", overwrite=False)
+
+    truncated = tmp_path / "truncated.h5ad"  # `cellzoo report` of a damaged file: one line, not a traceback
+    truncated.write_bytes((report.parent.parent / "annotated.h5ad").read_bytes()[:100_000])
+    with pytest.raises(InputError, match="not a readable h5ad"):
+        write_report(truncated, tmp_path / "r")
+    assert not (tmp_path / "r").exists()

@@ -153,3 +153,9 @@ def test_inputs_and_outputs_are_checked_before_anything_runs(example_copy):
         timeout=300,
     )
     assert_one_line_error(done, 2, "--key-added 'a/b'")
+    a_file = example_copy.parent / "afile"
+    a_file.write_text("a user's file")
+    command = annotate_command(example_copy, example_copy.with_name("o.h5ad"), "--report", str(a_file))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert_one_line_error(done, 2, "is not a folder")
+    assert not example_copy.with_name("o.h5ad").exists()  # refused before the run, not after its output
