@@ -42,6 +42,7 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".txt")
 HDF5_SUFFIXES = (".h5ad", ".h5", ".hdf5", ".loom")
 TREE_LINES = 40  # lines of an HDF5 tree shown in messages
 READ_ERRORS = (OSError, ValueError, KeyError, TypeError, IndexError, EOFError, zlib.error)
+CODEC_ERRORS = (RuntimeError,)  # what numcodecs (blosc, zstd, lz4) raises for a zarr chunk it cannot decode
 SPARSE_PARTS = ("data", "indices", "indptr")
 
 
@@ -69,6 +70,19 @@ def read_input(path: Path, options: ReadOptions | None = None):
         return READERS[kind](path, options)
     except READ_ERRORS as err:
         raise InputError(f"{path} could not be read as {kind}: {err}. Is it complete (not truncated)?") from err
+    except MemoryError as err:
+        raise too_large(path, kind, err) from err
+
+
+def too_large(path: Path, kind: str, err: MemoryError) -> InputError:
+    """The error for a matrix that does not fit in memory (a large query, or a small file declaring a huge one)."""
+    what = f" ({str(err).splitlines()[0]})" if str(err) else ""
+    hint = (
+        "pass --backed to stream it a block of cells at a time (counts stored by row), or check that the file is sound"
+        if kind in (H5AD, ZARR)
+        else "check that the file is sound, or convert it to h5ad with the counts by row and pass --backed"
+    )
+    return InputError(f"{path}: its matrix is too large to load in memory{what}: {hint}")
 
 
 def detect_format(path: Path, options: ReadOptions) -> str:
@@ -208,12 +222,89 @@ def read_h5ad(path: Path, options: ReadOptions):
 
 
 def read_zarr(path: Path, options: ReadOptions):
-    """An AnnData zarr store (a folder, as ``AnnData.write_zarr`` writes it), read whole."""
+    """An AnnData zarr store (a folder, as ``AnnData.write_zarr`` writes it), read whole. Its matrices are
+    checked for missing chunk files first (:func:`check_zarr_chunks`), and a chunk that cannot be decoded is
+    said in one line."""
     import anndata as ad
+    import zarr
 
     if not (path / "X").exists() and not (path / "raw").exists() and not (path / "layers").exists():
         raise InputError(f"{path} is a zarr store but not an AnnData one: it has no X, raw or layers")
-    return ad.read_zarr(path), InputDescription(path, ZARR)
+    store = zarr.open_group(path, mode="r")
+    layers = [f"layers/{name}" for name in store.get("layers", [])]
+    for name in [*layers, "raw/X", "X"]:
+        if name in store:
+            check_zarr_chunks(store[name], path)
+    try:
+        adata = ad.read_zarr(path)
+    except CODEC_ERRORS as err:
+        raise zarr_decode_error(path, err) from err
+    return adata, InputDescription(path, ZARR)
+
+
+def zarr_decode_error(path: Path, err: Exception, where: str = "") -> InputError:
+    """The error for a chunk of a zarr store that its codec cannot decode (a truncated or altered chunk file)."""
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return InputError(
+        f"{path}: a chunk of {where or 'the store'} could not be decoded ({first}): the store is damaged "
+        "(a chunk file truncated or altered); copy it again from its source"
+    )
+
+
+def check_zarr_chunks(element, path: Path) -> None:
+    """Refuse a matrix of a zarr store (a sparse group's ``data``, ``indices``, ``indptr``, or a dense array)
+    whose chunk files are missing where they cannot be: zarr reads a missing chunk as zeros without a word,
+    so a store copied in part would be annotated with counts lost.
+
+    A writer may leave out chunks that hold only zeros (zarr-python 3 does by default: a dense matrix with a
+    block of zeros, the ``indptr`` of leading empty cells), so zeros are refused only where they cannot be
+    what was written: stored values (``data``; a stored zero is no count) and their genes (``indices``),
+    and an ``indptr`` chunk past its leading zeros (which would then decrease), or before a cell holding
+    more values than there are genes (the values of the cells of the missing chunk). A dense matrix with
+    missing chunks cannot be told from one with blocks of zeros: a warning says so."""
+    name = element.name.lstrip("/")
+    if hasattr(element, "shape"):  # a dense array
+        missing = element.nchunks - element.nchunks_initialized
+        if missing:
+            logger.warning(
+                "%s: %s has %d of its %d chunks absent from the store, read as zeros: a writer that leaves out "
+                "chunks of zeros (zarr's default) stores them so, but a store copied in part would lose counts; "
+                "check the store if it was copied or moved",
+                path,
+                name,
+                missing,
+                element.nchunks,
+            )
+        return
+    if not all(part in element for part in SPARSE_PARTS):
+        return  # not a sparse matrix: anndata says what it is
+    for part in SPARSE_PARTS:
+        array = element[part]
+        missing = array.nchunks - array.nchunks_initialized
+        if not missing or (part == "indptr" and _leading_zeros(array, element, missing)):
+            continue
+        raise InputError(
+            f"{path}: {name}/{part} has {missing} of its {array.nchunks} chunk files absent from the store, where "
+            "the zeros zarr reads instead cannot be what was written (counts would be lost): the store is "
+            "incomplete or damaged; copy it again from its source"
+        )
+
+
+def _leading_zeros(indptr, group, missing: int) -> bool:
+    """Whether ``missing`` absent chunks of a sparse group's ``indptr`` can be leading chunks of zeros (empty
+    cells, or genes, that a writer left out): as many whole chunks of leading zeros, the last value the number
+    of stored values, and the first value after the zeros (what the last of those cells holds) no more than
+    the genes (or cells) there are."""
+    values = np.asarray(indptr[...])
+    if not values.size:
+        return False
+    nonzero = np.flatnonzero(values)
+    lead = int(nonzero[0]) if nonzero.size else values.size
+    whole = indptr.nchunks if lead == values.size else lead // indptr.chunks[0]
+    shape = [int(n) for n in group.attrs.get("shape", (0, 0))]
+    n_minor = shape[1] if group.attrs.get("encoding-type") != "csc_matrix" else shape[0]
+    ends = values[-1] == group["data"].shape[0]
+    return missing <= whole and ends and (lead == values.size or values[lead] <= n_minor)
 
 
 LOOM_CELL_NAMES = ("CellID", "obs_names", "cell_names", "barcodes")
@@ -286,8 +377,13 @@ def read_10x_h5(path: Path, options: ReadOptions):
             genomes = pd.Index([genome] * len(ids))
             keep = np.ones(len(ids), dtype=bool)
         n_genes, n_cells = (int(v) for v in group["shape"][:])
-        parts = [group[p][:] for p in SPARSE_PARTS]
         barcodes = _decode(group["barcodes"][:])
+        if (n_genes, n_cells) != (len(ids), len(barcodes)):  # checked before the shape sizes anything
+            raise InputError(
+                f"{path}: {group.name.lstrip('/')}/shape says {n_genes} features x {n_cells} barcodes, but the file "
+                f"lists {len(ids)} features and {len(barcodes)} barcodes; the file is damaged"
+            )
+        parts = [group[p][:] for p in SPARSE_PARTS]
     matrix = sp.csc_matrix(tuple(parts), shape=(n_genes, n_cells)).T.tocsr()[:, np.flatnonzero(keep)]
     var = pd.DataFrame({"gene_ids": ids[keep], "feature_types": "Gene Expression", "genome": genomes[keep]})
     var.index = pd.Index(names[keep], name=None)
@@ -360,27 +456,66 @@ def read_10x_mtx(path: Path, options: ReadOptions):
             f"{path} is not a 10x matrix folder: it lacks {', '.join(missing)} (found: "
             f"{', '.join(sorted(p.name for p in path.iterdir())) or 'nothing'})"
         )
-    opener = gzip.open if matrix_file.name.endswith(".gz") else open
-    with opener(matrix_file, "rb") as fh:
-        matrix = sp.csr_matrix(mmread(fh))
     barcodes = _read_tsv(barcodes_file).iloc[:, 0]
     features = _read_tsv(features_file)
     n_genes, n_cells = len(features), len(barcodes)
+    _check_mtx_header(matrix_file, n_genes, n_cells)  # before its header sizes anything
+    opener = gzip.open if matrix_file.name.endswith(".gz") else open
+    with opener(matrix_file, "rb") as fh:
+        matrix = sp.csr_matrix(mmread(fh))
     if matrix.shape == (n_genes, n_cells):
         matrix, orientation = matrix.T.tocsr(), "genes x cells (10x), transposed on reading"
-    elif matrix.shape == (n_cells, n_genes):
-        orientation = "cells x genes"
     else:
-        raise InputError(
-            f"{matrix_file.name} is {matrix.shape[0]} x {matrix.shape[1]} but there are {n_genes} features and "
-            f"{n_cells} barcodes: the files do not belong together"
-        )
+        orientation = "cells x genes"
     names = features.iloc[:, 1] if features.shape[1] > 1 else features.iloc[:, 0]
     var = pd.DataFrame({"gene_ids": features.iloc[:, 0].to_numpy()})
     if features.shape[1] > 2:
         var["feature_types"] = features.iloc[:, 2].to_numpy()
     var.index = pd.Index(names.astype(str).to_numpy())
     return _anndata(matrix, barcodes, var), InputDescription(path, TENX_MTX, orientation)
+
+
+MTX_MIN_ENTRY_BYTES = 2  # the shortest entry of a Matrix Market file: a value and a newline ("1\n")
+DEFLATE_MAX_RATIO = 1032  # the most that gzip (deflate) expands a byte to
+
+
+def _check_mtx_header(matrix_file: Path, n_genes: int, n_cells: int) -> None:
+    """Refuse a Matrix Market file whose header (read alone) declares a shape that is not the features x barcodes
+    of its folder (either way round), or more entries than the matrix or the file can hold: scipy allocates
+    what the header says, so 71 bytes declaring 20 billion rows would ask for 149 GiB."""
+    n_rows, n_columns, entries = _mtx_header(matrix_file)
+    if (n_rows, n_columns) not in ((n_genes, n_cells), (n_cells, n_genes)):
+        raise InputError(
+            f"{matrix_file.name} is {n_rows} x {n_columns} (its header) but there are {n_genes} features and "
+            f"{n_cells} barcodes: the files do not belong together"
+        )
+    size = matrix_file.stat().st_size * (DEFLATE_MAX_RATIO if matrix_file.name.endswith(".gz") else 1)
+    if entries > n_rows * n_columns or entries > size // MTX_MIN_ENTRY_BYTES:
+        raise InputError(
+            f"{matrix_file.name} declares {entries} entries in its header, more than a {n_rows} x {n_columns} "
+            f"matrix or its {matrix_file.stat().st_size} bytes can hold; the file is damaged"
+        )
+
+
+def _mtx_header(matrix_file: Path) -> tuple[int, int, int]:
+    """The rows, columns and entries a Matrix Market file declares: its banner, comments, then its size line
+    (read here: scipy's ``mminfo`` on an open file aborted the process on a large one)."""
+    opener = gzip.open if matrix_file.name.endswith(".gz") else open
+    with opener(matrix_file, "rt", encoding="latin-1") as fh:
+        banner = fh.readline().split()
+        if len(banner) < 3 or banner[0].lower() != "%%matrixmarket" or banner[2].lower() not in ("coordinate", "array"):
+            raise InputError(
+                f"{matrix_file.name} is not a Matrix Market file (its first line: {' '.join(banner)[:80]!r})"
+            )
+        line = fh.readline()
+        while line.startswith("%") or (line and not line.strip()):
+            line = fh.readline()
+    size = line.split()
+    coordinate = banner[2].lower() == "coordinate"
+    if len(size) != (3 if coordinate else 2) or not all(v.isdigit() for v in size):
+        raise InputError(f"{matrix_file.name}: its size line {line.strip()[:80]!r} is not rows, columns and entries")
+    n_rows, n_columns = int(size[0]), int(size[1])
+    return n_rows, n_columns, int(size[2]) if coordinate else n_rows * n_columns
 
 
 def read_archive(path: Path, options: ReadOptions):
@@ -428,7 +563,24 @@ def _read_table_frame(path: Path) -> pd.DataFrame:
         with opener(path, "rt") as fh:
             first = fh.readline()
         sep = "\t" if "\t" in first else "," if "," in first else r"\s+"
-    return pd.read_csv(path, sep=sep, index_col=0)
+    # the header is read apart, as written: pandas renames a repeated column name (CD3E, CD3E.1), so that a gene
+    # split over two columns would never be summed into one (genes.align_genes sums the genes that share a name)
+    header = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False)
+    names = list(header.iloc[0]) if len(header) else []
+    try:
+        frame = pd.read_csv(path, sep=sep, header=None, skiprows=1, index_col=0)
+    except pd.errors.EmptyDataError:  # a header and no rows: an empty table, refused as such
+        return pd.DataFrame(columns=names[1:])
+    if len(names) == frame.shape[1] + 1:  # a name over the cell names too (pandas, most tools)
+        frame.index.name, frame.columns = names[0] or None, pd.Index(names[1:])
+    elif len(names) == frame.shape[1]:  # none over the cell names (R's write.table)
+        frame.index.name, frame.columns = None, pd.Index(names)
+    else:
+        raise InputError(
+            f"{path} has {len(names)} names in its header row but {frame.shape[1] + 1} fields in its rows: a table "
+            "holds one name per column (the first, over the cell or gene names, may be left out)"
+        )
+    return frame
 
 
 def read_table(path: Path, options: ReadOptions):

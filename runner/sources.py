@@ -29,7 +29,19 @@ from runner.query import (
     indptr_problem,
     rebuilt_counts,
 )
-from runner.readers import H5AD, READ_ERRORS, ZARR, InputDescription, ReadOptions, detect_format, read_input
+from runner.readers import (
+    CODEC_ERRORS,
+    H5AD,
+    READ_ERRORS,
+    ZARR,
+    InputDescription,
+    ReadOptions,
+    check_zarr_chunks,
+    detect_format,
+    read_input,
+    too_large,
+    zarr_decode_error,
+)
 from runner.write import streamed_output, write_h5ad_atomic, zarr_to_h5ad
 
 logger = logging.getLogger(__name__)
@@ -135,6 +147,8 @@ class StreamedFile:
         try:
             f = self.file
             self.source, element = _counts_element(f, counts_layer, path)
+            if kind == ZARR:
+                check_zarr_chunks(element, path)  # a missing chunk file would be read as zeros
             self.var = ad.io.read_elem(f["raw/var" if self.source == "raw.X" else "var"])
             self.obs = ad.io.read_elem(f["obs"])
             self._matrix = _row_reader(element, self.source, path)
@@ -163,14 +177,23 @@ class StreamedFile:
             block = as_csr(self._matrix[start:stop])
         except READ_ERRORS as err:
             raise InputError(f"{self.path}: cells {start}-{stop} of {self.source} could not be read: {err}") from err
+        except CODEC_ERRORS as err:
+            if self.kind != ZARR:
+                raise
+            raise zarr_decode_error(self.path, err, f"cells {start}-{stop} of {self.source}") from err
         return self.rebuild(block, start) if self.rebuild else block
 
     def others(self) -> list[tuple[str, sp.csr_matrix]]:
         """The first cells of every matrix that may hold counts, for the hint when the chosen one does not."""
-        found = _h5_candidates(self.file)
-        return [
-            (source, as_csr(_row_reader(el, source, self.path)[:HEAD_CELLS])) for source, el in found if _by_row(el)
-        ]
+        heads = []
+        for source, element in _h5_candidates(self.file):
+            if not _by_row(element):
+                continue
+            try:
+                heads.append((source, as_csr(_row_reader(element, source, self.path)[:HEAD_CELLS])))
+            except (*READ_ERRORS, *CODEC_ERRORS):  # a damaged matrix is no hint; the chosen one's error stands
+                continue
+        return heads
 
     def target(self):
         import anndata as ad
@@ -312,7 +335,7 @@ def open_query(path: Path, options: ReadOptions, counts_layer: str | None, backe
     if kind not in STREAMED_FORMATS:
         if backed:
             raise UsageError(f"--backed streams h5ad files and zarr stores only; {path.name} is {kind}: drop --backed")
-        return MemoryQuery(*read_input(path, options), counts_layer)
+        return _in_memory(path, options, counts_layer, kind)
     if backed is None:
         try:
             n_cells, by_row = stored_cells(path, counts_layer, kind)
@@ -324,8 +347,21 @@ def open_query(path: Path, options: ReadOptions, counts_layer: str | None, backe
                 "%s: the counts are not stored by row, so the %d cells are read into memory", path.name, n_cells
             )
     if not backed:
-        return MemoryQuery(*read_input(path, options), counts_layer)
+        return _in_memory(path, options, counts_layer, kind)
     try:
         return StreamedFile(path, counts_layer, kind)
     except READ_ERRORS as err:
         raise InputError(f"{path} could not be opened for streaming: {err}. Is it a complete {kind}?") from err
+    except CODEC_ERRORS as err:
+        if kind != ZARR:
+            raise
+        raise zarr_decode_error(path, err) from err
+
+
+def _in_memory(path: Path, options: ReadOptions, counts_layer: str | None, kind: str) -> MemoryQuery:
+    """The query read whole (:func:`runner.readers.read_input`), its counts as CSR: a matrix too large for the
+    memory is refused in one line, here as in the reader."""
+    try:
+        return MemoryQuery(*read_input(path, options), counts_layer)
+    except MemoryError as err:
+        raise too_large(path, kind, err) from err

@@ -505,6 +505,13 @@ SINGLE_CASES = [
     "a report stopped by SIGTERM",  # test_report
     "a report folder that is a file, or holds a report",  # test_report, test_signals_outputs
     "`cellzoo report` of a truncated file",  # test_report
+    "normalised cells after millions of counts",  # test_input_attacks (the rest too)
+    "a zarr store with a chunk file missing",
+    "a zarr store with a damaged chunk",
+    "a table with repeated gene columns",
+    "a tiny mtx declaring a huge matrix",
+    "a 10x h5 declaring a huge shape",
+    "a matrix too large for memory",
 ]
 
 
