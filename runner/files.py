@@ -175,7 +175,9 @@ class Outputs:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self.folders += missing
-                if not self.overwrite:
+                if self.overwrite:
+                    _try_writing_beside(path)
+                else:
                     self._claim(path)
             except OSError as err:  # a read-only folder, a name too long, a file system that refuses
                 raise UsageError(f"cannot write {path}: {err.strerror or err}; choose another path") from err
@@ -216,6 +218,14 @@ class Outputs:
         for fd in self.locks:
             os.close(fd)
         self.locks.clear()
+
+
+def _try_writing_beside(path: Path) -> None:
+    """Create and remove a temporary file beside ``path`` (named as :func:`atomic_path` names its own): with
+    ``--overwrite`` nothing is claimed, and a folder that refuses files would otherwise fail only after the run."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{temporary_prefix(path)}{owner_tag()}.", suffix=".tmp")
+    os.close(fd)
+    os.unlink(name)
 
 
 def _exists(path: Path) -> UsageError:

@@ -505,6 +505,7 @@ SINGLE_CASES = [
     "a report stopped by SIGTERM",  # test_report
     "a report folder that is a file, or holds a report",  # test_report, test_signals_outputs
     "`cellzoo report` of a truncated file",  # test_report
+    "--overwrite into a folder that refuses files",  # test_signals_outputs
     "normalised cells after millions of counts",  # test_input_attacks (the rest too)
     "a zarr store with a chunk file missing",
     "a zarr store with a damaged chunk",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import time
@@ -159,3 +160,25 @@ def test_inputs_and_outputs_are_checked_before_anything_runs(example_copy):
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert_one_line_error(done, 2, "is not a folder")
     assert not example_copy.with_name("o.h5ad").exists()  # refused before the run, not after its output
+
+
+def test_overwrite_into_a_folder_that_refuses_files_fails_before_the_run(example_copy):
+    """With --overwrite no output name is claimed; a folder the user cannot write in must still fail before the
+    run (exit 2, a usage error), not after it (exit 1), and the earlier output stays. Root is made an ordinary
+    user for the run (setpriv drops its override of file permissions)."""
+    folder = example_copy.parent / "read-only"
+    folder.mkdir()
+    earlier = folder / "o.h5ad"
+    earlier.write_bytes(b"a user's earlier result")
+    caps = "-dac_override,-dac_read_search"
+    as_user = ["setpriv", "--bounding-set", caps, "--inh-caps", caps] if os.geteuid() == 0 else []
+    if as_user and shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv (util-linux)")
+    folder.chmod(0o555)
+    try:
+        command = [*as_user, *annotate_command(example_copy, earlier, "--overwrite")]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    finally:
+        folder.chmod(0o755)
+    assert_one_line_error(done, 2, "Permission denied")
+    assert earlier.read_bytes() == b"a user's earlier result" and leftovers(folder) == []
