@@ -22,6 +22,7 @@ from pathlib import Path
 from runner import interrupt
 from runner.errors import UsageError
 
+REPORT_TMP = "partial"  # :func:`atomic_folder`'s temporary folders: .partial.PID@HOST.RANDOM.tmp
 # the end of the name of a temporary file or folder: PID@HOST.RANDOM[.tmp]
 OWNER = re.compile(r"(?P<pid>\d+)@(?P<host>[A-Za-z0-9-]*)\.\w+(?:\.tmp)?$")
 
@@ -120,32 +121,38 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_folder(path: Path) -> Iterator[Path]:
-    """A temporary folder beside ``path``: when the block succeeds, its entries replace those of the same names
-    in ``path`` (made if needed; its other entries are kept), each by a rename; removed otherwise. Temporary
-    folders of ``path`` left by killed runs are removed first."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = temporary_prefix(path)
-    remove_stale(path.parent / f"{glob.escape(prefix)}*.tmp")
-    tmp = None
+    """A temporary folder inside the folder ``path`` (made if needed): when the block succeeds, its entries
+    replace those of the same names in ``path`` (its other entries are kept), each by a rename within ``path``
+    (so a mount point, or a link to a folder on another file system, works); removed otherwise, with the folders
+    made for it. Temporary folders left there by killed runs are removed first."""
+    made = [p for p in [path, *path.parents] if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    prefix = f".{REPORT_TMP}."
+    remove_stale(path / f"{prefix}*.tmp")
+    tmp, placed = None, False
     interrupt.hold()  # as in atomic_path: the folder must be known before a signal is raised
     try:
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{prefix}{owner_tag()}.", suffix=".tmp"))
+        tmp = Path(tempfile.mkdtemp(dir=path, prefix=f"{prefix}{owner_tag()}.", suffix=".tmp"))
         os.chmod(tmp, 0o777 & ~_umask())
         interrupt.release()
         yield tmp
         interrupt.check()
-        interrupt.hold()  # placing the entries takes a few renames: a signal is raised once they are all in place
-        path.mkdir(exist_ok=True)
+        interrupt.hold()  # placing the entries takes a few renames: a signal is raised once they are in place
         for entry in sorted(tmp.iterdir()):
             target = path / entry.name
             if target.is_dir() and not target.is_symlink():
                 target.rename(tmp / f"{entry.name}.replaced")  # a folder cannot be renamed onto a full one
             os.replace(entry, target)
+        placed = True
     finally:
         interrupt.hold()
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-        interrupt.release()
+        if not placed:
+            for folder in made:  # deepest first
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        interrupt.release(raise_held=False)  # a signal held meanwhile is raised by the command's check
 
 
 class Outputs:
@@ -175,9 +182,8 @@ class Outputs:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self.folders += missing
-                if self.overwrite:
-                    _try_writing_beside(path)
-                else:
+                try_writing_in(path.parent, temporary_prefix(path))  # files, and a temporary name as long as the run's
+                if not self.overwrite:
                     self._claim(path)
             except OSError as err:  # a read-only folder, a name too long, a file system that refuses
                 raise UsageError(f"cannot write {path}: {err.strerror or err}; choose another path") from err
@@ -220,10 +226,11 @@ class Outputs:
         self.locks.clear()
 
 
-def _try_writing_beside(path: Path) -> None:
-    """Create and remove a temporary file beside ``path`` (named as :func:`atomic_path` names its own): with
-    ``--overwrite`` nothing is claimed, and a folder that refuses files would otherwise fail only after the run."""
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{temporary_prefix(path)}{owner_tag()}.", suffix=".tmp")
+def try_writing_in(folder: Path, prefix: str = f".{REPORT_TMP}.") -> None:
+    """Create and remove a temporary file in ``folder``, named as this module names its own (``prefix``): a folder
+    that refuses files (with ``--overwrite`` no output name is claimed), or an output name that fits but whose
+    temporary name does not, would otherwise fail only after the run."""
+    fd, name = tempfile.mkstemp(dir=folder, prefix=f"{prefix}{owner_tag()}.", suffix=".tmp")
     os.close(fd)
     os.unlink(name)
 

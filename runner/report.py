@@ -23,7 +23,7 @@ import pandas as pd
 
 from runner import keys
 from runner.errors import CellzooError, InputError, OutputError, UsageError
-from runner.files import atomic_folder, check_writable_path
+from runner.files import atomic_folder, check_writable_path, try_writing_in
 from runner.keys import ResultKeys
 
 logger = logging.getLogger(__name__)
@@ -366,7 +366,12 @@ def check_report_dir(out_dir: Path, *, overwrite: bool) -> None:
     """Refuse, before a run, a report folder that cannot be one, or that holds a report and ``overwrite`` is
     not given (``annotate --report``; ``cellzoo report`` replaces the report it is asked to write)."""
     check_writable_path("--report", out_dir, folder=True)
-    if (out_dir / PAGE).exists() and not overwrite:
+    try:
+        held = (out_dir / PAGE).exists()
+        try_writing_in(next(p for p in [out_dir, *out_dir.parents] if p.exists()))
+    except OSError as err:
+        raise UsageError(f"--report {out_dir}: {err.strerror or err}; choose another folder") from err
+    if held and not overwrite:
         raise UsageError(f"--report {out_dir} holds a report; pass --overwrite to replace it, or choose another folder")
 
 
@@ -410,6 +415,7 @@ def write_report(path: Path, out_dir: Path, *, key: str | None = None, offline: 
     labels = list(dict.fromkeys([*known, *in_reference, *order]))
     colours = palette(labels)
     threshold = float(uns.get("params", {}).get("unassigned_threshold", 0.5))
+    expression = marker_expression(path, uns, parts, answers)  # read before any writing: its errors are a read's
     try:
         with atomic_folder(out_dir) as tmp:
             figures = Figures(tmp / "figures")
@@ -417,7 +423,6 @@ def write_report(path: Path, out_dir: Path, *, key: str | None = None, offline: 
                 map_figures(figures, umap, obs, result, parts, colours)
             level_counts(figures, obs, result, colours)
             uncertainty_histograms(figures, obs, result, colours, threshold)
-            expression = marker_expression(path, uns, parts, answers)
             if expression is not None:
                 dotplot(figures, expression, parts.markers, order)
             (tmp / PAGE).write_text(render_page(path, k, uns, model, parts, figures, obs))

@@ -267,6 +267,11 @@ OUTPUT_MISUSES: dict[str, Callable[[Path], tuple[Path, dict, type]]] = {
     "-o a folder, with --overwrite": lambda q: (q, {"output": q.parent, "overwrite": True}, UsageError),
     "-o below a file": _output_below_a_file,
     "-o a name too long for the file system": lambda q: (q, {"output": q.with_name("x" * 300 + ".h5ad")}, UsageError),
+    "-o a name that fits, but not its temporary file's": lambda q: (
+        q,
+        {"output": q.with_name("x" * 240 + ".h5ad")},
+        UsageError,
+    ),
     "the input named like a temporary file of -o": _input_named_like_a_temporary_output,
     "--table into a folder of that name": _table_is_a_folder,
     "--table into a folder of that name, streamed": lambda q: _table_is_a_folder(q, backed=True),

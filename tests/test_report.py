@@ -129,6 +129,28 @@ def test_a_report_stopped_by_a_signal_leaves_the_earlier_report_whole(report, tm
     assert after == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
 
+    saved = interrupt.install()  # a new folder, several levels deep: none of it is left
+    try:
+        with pytest.raises(interrupt.Interrupted):
+            write_report(report.parent.parent / "annotated.h5ad", tmp_path / "new" / "deeper" / "report")
+    finally:
+        interrupt.restore(saved)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+
+def test_a_report_into_a_link_to_a_folder_elsewhere_is_written_there(report, tmp_path):
+    """A report folder that is a link to another file system (scratch space on a cluster) or a mount point:
+    the report is placed by renames within the folder itself, which work there."""
+    elsewhere = Path(tempfile.mkdtemp(dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
+    try:
+        (tmp_path / "report").symlink_to(elsewhere)
+        page = write_report(report.parent.parent / "annotated.h5ad", tmp_path / "report")
+        assert (elsewhere / "index.html").read_bytes() == page.read_bytes()
+        assert {p.name for p in (elsewhere / "figures").iterdir()} >= {f"{name}.png" for name in FIGURES[:4]}
+        assert sorted(p.name for p in elsewhere.iterdir()) == ["figures", "index.html"]
+    finally:
+        shutil.rmtree(elsewhere)
+
 
 def test_a_report_folder_that_cannot_be_one_or_holds_a_report_is_refused_before_the_run(report, tmp_path):
     from runner.errors import InputError, UsageError
