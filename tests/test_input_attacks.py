@@ -116,19 +116,15 @@ def test_normalised_cells_after_millions_of_counts_are_refused(backed, tmp_path)
     assert not (tmp_path / "out").exists()
 
 
-def test_the_count_check_of_every_value_costs_little():
-    """The integrality check of a 10,000-cell block of 2,000 values a cell (float32; every value, in chunks):
-    9 ms measured; here only bounded, so that the suite stays honest on a busy machine."""
-    import time
-
+def test_the_count_check_sees_the_last_value_of_a_large_block():
+    """The integrality check of a 10,000-cell block of 2,000 values a cell (float32) reads every value, in
+    chunks, not a leading sample: one fractional value at the very end is found. (Its cost, 9 ms against 4 ms for
+    the old sample, was measured once and is in docs/design.md; no test is timed.)"""
     from runner.query import _fractional
 
     values = (np.random.default_rng(0).poisson(2, size=10_000 * 2_000) + 1).astype(np.float32)
-    start = time.perf_counter()
-    for _ in range(5):
-        assert not _fractional(values).size
-    assert (time.perf_counter() - start) / 5 < 0.15
-    values[-1] = 0.5  # the last value of the block is seen
+    assert not _fractional(values).size
+    values[-1] = 0.5
     assert _fractional(values).tolist() == [0.5]
 
 
