@@ -8,6 +8,7 @@ option that cannot work) with the path and what to do; none writes anything but 
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import re
@@ -235,20 +236,25 @@ def read_zarr(path: Path, options: ReadOptions):
     for name in [*layers, "raw/X", "X"]:
         if name in store:
             check_zarr_chunks(store[name], path)
-    try:
+    with zarr_decoding(path):
         adata = ad.read_zarr(path)
-    except CODEC_ERRORS as err:
-        raise zarr_decode_error(path, err) from err
     return adata, InputDescription(path, ZARR)
 
 
-def zarr_decode_error(path: Path, err: Exception, where: str = "") -> InputError:
-    """The error for a chunk of a zarr store that its codec cannot decode (a truncated or altered chunk file)."""
-    first = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return InputError(
-        f"{path}: a chunk of {where or 'the store'} could not be decoded ({first}): the store is damaged "
-        "(a chunk file truncated or altered); copy it again from its source"
-    )
+@contextlib.contextmanager
+def zarr_decoding(path: Path, kind: str = ZARR, where: str = ""):
+    """Read from ``path``: a chunk of a zarr store that its codec cannot decode (a truncated or altered chunk
+    file) is said in one line; the same exception type from another ``kind`` of input passes unchanged."""
+    try:
+        yield
+    except CODEC_ERRORS as err:
+        if kind != ZARR:
+            raise
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(
+            f"{path}: a chunk of {where or 'the store'} could not be decoded ({first}): the store is damaged "
+            "(a chunk file truncated or altered); copy it again from its source"
+        ) from err
 
 
 def check_zarr_chunks(element, path: Path) -> None:
@@ -460,8 +466,7 @@ def read_10x_mtx(path: Path, options: ReadOptions):
     features = _read_tsv(features_file)
     n_genes, n_cells = len(features), len(barcodes)
     _check_mtx_header(matrix_file, n_genes, n_cells)  # before its header sizes anything
-    opener = gzip.open if matrix_file.name.endswith(".gz") else open
-    with opener(matrix_file, "rb") as fh:
+    with _open(matrix_file, "rb") as fh:
         matrix = sp.csr_matrix(mmread(fh))
     if matrix.shape == (n_genes, n_cells):
         matrix, orientation = matrix.T.tocsr(), "genes x cells (10x), transposed on reading"
@@ -489,7 +494,7 @@ def _check_mtx_header(matrix_file: Path, n_genes: int, n_cells: int) -> None:
             f"{matrix_file.name} is {n_rows} x {n_columns} (its header) but there are {n_genes} features and "
             f"{n_cells} barcodes: the files do not belong together"
         )
-    size = matrix_file.stat().st_size * (DEFLATE_MAX_RATIO if matrix_file.name.endswith(".gz") else 1)
+    size = matrix_file.stat().st_size * (DEFLATE_MAX_RATIO if _gzipped(matrix_file) else 1)
     if entries > n_rows * n_columns or entries > size // MTX_MIN_ENTRY_BYTES:
         raise InputError(
             f"{matrix_file.name} declares {entries} entries in its header, more than a {n_rows} x {n_columns} "
@@ -500,8 +505,7 @@ def _check_mtx_header(matrix_file: Path, n_genes: int, n_cells: int) -> None:
 def _mtx_header(matrix_file: Path) -> tuple[int, int, int]:
     """The rows, columns and entries a Matrix Market file declares: its banner, comments, then its size line
     (read here: scipy's ``mminfo`` on an open file aborted the process on a large one)."""
-    opener = gzip.open if matrix_file.name.endswith(".gz") else open
-    with opener(matrix_file, "rt", encoding="latin-1") as fh:
+    with _open(matrix_file, "rt", encoding="latin-1") as fh:
         banner = fh.readline().split()
         if len(banner) < 3 or banner[0].lower() != "%%matrixmarket" or banner[2].lower() not in ("coordinate", "array"):
             raise InputError(
@@ -516,6 +520,15 @@ def _mtx_header(matrix_file: Path) -> tuple[int, int, int]:
         raise InputError(f"{matrix_file.name}: its size line {line.strip()[:80]!r} is not rows, columns and entries")
     n_rows, n_columns = int(size[0]), int(size[1])
     return n_rows, n_columns, int(size[2]) if coordinate else n_rows * n_columns
+
+
+def _gzipped(path: Path) -> bool:
+    return path.name.lower().endswith(".gz")
+
+
+def _open(path: Path, mode: str, **kwargs):
+    """``path`` opened for reading, through gzip when its name ends with ``.gz``."""
+    return (gzip.open if _gzipped(path) else open)(path, mode, **kwargs)
 
 
 def read_archive(path: Path, options: ReadOptions):
@@ -559,8 +572,7 @@ def _read_table_frame(path: Path) -> pd.DataFrame:
     elif stem.endswith(".tsv"):
         sep = "\t"
     else:
-        opener = gzip.open if path.name.lower().endswith(".gz") else open
-        with opener(path, "rt") as fh:
+        with _open(path, "rt") as fh:
             first = fh.readline()
         sep = "\t" if "\t" in first else "," if "," in first else r"\s+"
     # the header is read apart, as written: pandas renames a repeated column name (CD3E, CD3E.1), so that a gene

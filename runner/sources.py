@@ -40,7 +40,7 @@ from runner.readers import (
     detect_format,
     read_input,
     too_large,
-    zarr_decode_error,
+    zarr_decoding,
 )
 from runner.write import streamed_output, write_h5ad_atomic, zarr_to_h5ad
 
@@ -174,13 +174,10 @@ class StreamedFile:
 
     def rows(self, start: int, stop: int) -> sp.csr_matrix:
         try:
-            block = as_csr(self._matrix[start:stop])
+            with zarr_decoding(self.path, self.kind, f"cells {start}-{stop} of {self.source}"):
+                block = as_csr(self._matrix[start:stop])
         except READ_ERRORS as err:
             raise InputError(f"{self.path}: cells {start}-{stop} of {self.source} could not be read: {err}") from err
-        except CODEC_ERRORS as err:
-            if self.kind != ZARR:
-                raise
-            raise zarr_decode_error(self.path, err, f"cells {start}-{stop} of {self.source}") from err
         return self.rebuild(block, start) if self.rebuild else block
 
     def others(self) -> list[tuple[str, sp.csr_matrix]]:
@@ -349,13 +346,10 @@ def open_query(path: Path, options: ReadOptions, counts_layer: str | None, backe
     if not backed:
         return _in_memory(path, options, counts_layer, kind)
     try:
-        return StreamedFile(path, counts_layer, kind)
+        with zarr_decoding(path, kind):
+            return StreamedFile(path, counts_layer, kind)
     except READ_ERRORS as err:
         raise InputError(f"{path} could not be opened for streaming: {err}. Is it a complete {kind}?") from err
-    except CODEC_ERRORS as err:
-        if kind != ZARR:
-            raise
-        raise zarr_decode_error(path, err) from err
 
 
 def _in_memory(path: Path, options: ReadOptions, counts_layer: str | None, kind: str) -> MemoryQuery:
