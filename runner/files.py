@@ -22,9 +22,9 @@ from pathlib import Path
 from runner import interrupt
 from runner.errors import UsageError
 
-REPORT_TMP = "partial"  # :func:`atomic_folder`'s temporary folders: .partial.PID@HOST.RANDOM.tmp
 # the end of the name of a temporary file or folder: PID@HOST.RANDOM[.tmp]
 OWNER = re.compile(r"(?P<pid>\d+)@(?P<host>[A-Za-z0-9-]*)\.\w+(?:\.tmp)?$")
+PARTIAL = ".partial."  # :func:`atomic_folder`'s temporary folders: .partial.PID@HOST.RANDOM.tmp
 
 
 def owner_tag() -> str:
@@ -125,14 +125,13 @@ def atomic_folder(path: Path) -> Iterator[Path]:
     replace those of the same names in ``path`` (its other entries are kept), each by a rename within ``path``
     (so a mount point, or a link to a folder on another file system, works); removed otherwise, with the folders
     made for it. Temporary folders left there by killed runs are removed first."""
-    made = [p for p in [path, *path.parents] if not p.exists()]
+    made = missing_folders(path)
     path.mkdir(parents=True, exist_ok=True)
-    prefix = f".{REPORT_TMP}."
-    remove_stale(path / f"{prefix}*.tmp")
+    remove_stale(path / f"{PARTIAL}*.tmp")
     tmp, placed = None, False
     interrupt.hold()  # as in atomic_path: the folder must be known before a signal is raised
     try:
-        tmp = Path(tempfile.mkdtemp(dir=path, prefix=f"{prefix}{owner_tag()}.", suffix=".tmp"))
+        tmp = Path(tempfile.mkdtemp(dir=path, prefix=f"{PARTIAL}{owner_tag()}.", suffix=".tmp"))
         os.chmod(tmp, 0o777 & ~_umask())
         interrupt.release()
         yield tmp
@@ -149,9 +148,7 @@ def atomic_folder(path: Path) -> Iterator[Path]:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         if not placed:
-            for folder in made:  # deepest first
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
+            remove_empty(made)
         interrupt.release(raise_held=False)  # a signal held meanwhile is raised by the command's check
 
 
@@ -178,7 +175,7 @@ class Outputs:
 
     def claim(self) -> None:
         for path in self.paths:
-            missing = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
+            missing = missing_folders(path.parent)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self.folders += missing
@@ -218,15 +215,25 @@ class Outputs:
                     info = os.stat(path)
                     if (info.st_dev, info.st_ino) == identity:
                         path.unlink()
-            for folder in sorted(self.folders, key=lambda p: len(p.parts), reverse=True):
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
+            remove_empty(self.folders)
         for fd in self.locks:
             os.close(fd)
         self.locks.clear()
 
 
-def try_writing_in(folder: Path, prefix: str = f".{REPORT_TMP}.") -> None:
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those above it that do not exist yet (what making it makes), deepest first."""
+    return [p for p in [folder, *folder.parents] if not p.exists()]
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` that are empty, deepest first (those a failed run made)."""
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def try_writing_in(folder: Path, prefix: str = PARTIAL) -> None:
     """Create and remove a temporary file in ``folder``, named as this module names its own (``prefix``): a folder
     that refuses files (with ``--overwrite`` no output name is claimed), or an output name that fits but whose
     temporary name does not, would otherwise fail only after the run."""
