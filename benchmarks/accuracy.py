@@ -877,14 +877,29 @@ def quiet_logs() -> None:
     warnings.filterwarnings("ignore")
 
 
-def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(prog="benchmarks/accuracy.py", description=__doc__.splitlines()[0])
+def bench_command(script: str, argv: list[str] | None) -> str:
+    """The command that ran a benchmark part, as its report prints it."""
+    return " ".join([f"python benchmarks/{script}", *(argv if argv is not None else sys.argv[1:])])
+
+
+def part_arguments(
+    script: str, description: str, written: str, quick: str, argv: list[str] | None
+) -> tuple[argparse.Namespace, str]:
+    """The command line of a benchmark part on the shared data: ``--data``, ``--docs-dir`` (the folder for
+    ``written``), ``--quick`` (``quick``: what it runs then); the libraries' logs quieted. The arguments, and the
+    command (:func:`bench_command`)."""
+    parser = argparse.ArgumentParser(prog=f"benchmarks/{script}", description=description)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
-    parser.add_argument("--docs-dir", type=Path, default=DEFAULT_OUT, help="folder for accuracy.md and the plots")
-    parser.add_argument("--quick", action="store_true", help="the lung cell lines only")
+    parser.add_argument("--docs-dir", type=Path, default=DEFAULT_OUT, help=f"folder for {written}")
+    parser.add_argument("--quick", action="store_true", help=quick)
     args = parser.parse_args(argv)
     quiet_logs()
-    command = " ".join(["python benchmarks/accuracy.py", *(argv if argv is not None else sys.argv[1:])])
+    return args, bench_command(script, argv)
+
+
+def main(argv: list[str] | None = None) -> str:
+    doc = __doc__.splitlines()[0]
+    args, command = part_arguments("accuracy.py", doc, "accuracy.md and the plots", "the lung cell lines only", argv)
     start, load_start, env = time.perf_counter(), os.getloadavg()[0], environment()  # before anything is written
     with tempfile.TemporaryDirectory(prefix="cellzoo-accuracy-") as tmp:
         results = run([LUNG] if args.quick else [PBMC, LUNG], METHODS, args.data, Path(tmp))

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(prog="benchmarks/cluster.py", description=__doc__.splitlines()[0])
     add_size_options(parser, QUICK_SIZES, "cluster.md")
     args = parser.parse_args(argv)
-    command = " ".join(["python benchmarks/cluster.py", *(argv if argv is not None else sys.argv[1:])])
+    command = accuracy.bench_command("cluster.py", argv)
     start, load_start, env = time.perf_counter(), os.getloadavg()[0], accuracy.environment()
     rows, cluster_seconds = runs(
         args.sizes or list(QUICK_SIZES if args.quick else SIZES), args.data_dir, args.mem_limit_gb

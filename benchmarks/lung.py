@@ -17,7 +17,6 @@ cap & fill (a few minutes).
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import os
 import sys
@@ -256,13 +255,8 @@ def cap_verdict(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(prog="benchmarks/lung.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=accuracy.DEFAULT_DATA, help="the shared data folder")
-    parser.add_argument("--docs-dir", type=Path, default=accuracy.DEFAULT_OUT, help="folder for lung.md")
-    parser.add_argument("--quick", action="store_true", help="one direction, linear + CellTypist, no cap & fill")
-    args = parser.parse_args(argv)
-    accuracy.quiet_logs()
-    command = " ".join(["python benchmarks/lung.py", *(argv if argv is not None else sys.argv[1:])])
+    quick = "one direction, linear + CellTypist, no cap & fill"
+    args, command = accuracy.part_arguments("lung.py", __doc__.splitlines()[0], "lung.md", quick, argv)
     start, load_start, env = time.perf_counter(), os.getloadavg()[0], accuracy.environment()
     methods = tuple(m for m in METHODS if not args.quick or m.key in ("linear", "celltypist"))
     splits = SPLITS[:1] if args.quick else SPLITS

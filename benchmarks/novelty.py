@@ -17,7 +17,6 @@ uncertainty (the scArches recipe) and scanpy ingest (no uncertainty: n/a).
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import os
 import sys
@@ -487,13 +486,8 @@ against its ontology-level correctness, over the cells not `Unassigned`.
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(prog="benchmarks/novelty.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=accuracy.DEFAULT_DATA, help="the shared data folder")
-    parser.add_argument("--docs-dir", type=Path, default=accuracy.DEFAULT_OUT, help="folder for novelty.md")
-    parser.add_argument("--quick", action="store_true", help="one class per task, no scArches, no scanvi family")
-    args = parser.parse_args(argv)
-    accuracy.quiet_logs()
-    command = " ".join(["python benchmarks/novelty.py", *(argv if argv is not None else sys.argv[1:])])
+    quick = "one class per task, no scArches, no scanvi family"
+    args, command = accuracy.part_arguments("novelty.py", __doc__.splitlines()[0], "novelty.md", quick, argv)
     start, load, env = time.perf_counter(), os.getloadavg()[0], accuracy.environment()
     scarches_classes = set() if args.quick else {"B", "macrophage"}
     timings, skipped = {}, []

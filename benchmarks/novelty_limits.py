@@ -28,7 +28,6 @@ class's; novelty.md harmonises the lung file again without them). Kang 2018 is a
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import os
 import re
@@ -243,13 +242,8 @@ The same measures with nothing held out: what a threshold on them would cost the
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(prog="benchmarks/novelty_limits.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=accuracy.DEFAULT_DATA, help="the shared data folder")
-    parser.add_argument("--docs-dir", type=Path, default=accuracy.DEFAULT_OUT, help="folder for novelty_limits.md")
-    parser.add_argument("--quick", action="store_true", help="the PBMC task only")
-    args = parser.parse_args(argv)
-    accuracy.quiet_logs()
-    command = " ".join(["python benchmarks/novelty_limits.py", *(argv if argv is not None else sys.argv[1:])])
+    doc = __doc__.splitlines()[0]
+    args, command = accuracy.part_arguments("novelty_limits.py", doc, "novelty_limits.md", "the PBMC task only", argv)
     start, env = time.perf_counter(), accuracy.environment()
     env["machine"] += f"; load average {os.getloadavg()[0]:.1f} at the start"
     rows, baselines = [], []

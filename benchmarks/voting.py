@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     sizes = args.sizes or list(QUICK_SIZES if args.quick else SIZES)
     accuracy.quiet_logs()
-    command = " ".join(["python benchmarks/voting.py", *(argv if argv is not None else sys.argv[1:])])
+    command = accuracy.bench_command("voting.py", argv)
     start, load_start, env = time.perf_counter(), os.getloadavg()[0], accuracy.environment()
     with tempfile.TemporaryDirectory(prefix="cellzoo-voting-") as tmp:
         table, foreign, clusters = accuracy_rows(args.data, Path(tmp))
