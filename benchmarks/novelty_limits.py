@@ -29,6 +29,7 @@ class's; novelty.md harmonises the lung file again without them). Kang 2018 is a
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import re
 import sys
@@ -66,8 +67,8 @@ class View:
     def truth(self) -> np.ndarray:
         return self.query.truth[self.mask]
 
-    @property
-    def counts(self) -> sp.csr_matrix:
+    @functools.cached_property
+    def counts(self) -> sp.csr_matrix:  # read by every measure of every held-out class: made once
         return sp.csr_matrix(self.query.counts.X, dtype=np.float64)[self.mask]
 
     @property
@@ -102,15 +103,18 @@ def class_probabilities(reference: Reference, queries: list[QueryData], work: Pa
 # ---- 2. genes the closest class does not use ----
 
 
-def class_profiles(reference: Reference, genes: np.ndarray, drop: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """Each reference class's share of its counts per gene (classes but ``drop``) on ``genes`` but the technical
-    ones; and which of ``genes`` that is."""
+def reference_counts(reference: Reference, genes: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
+    """The reference's counts on ``genes`` but the technical ones and those it lacks; which of ``genes`` those are."""
     index = {g: i for i, g in enumerate(reference.cells.genes)}
     used = np.array([g in index and not re.match(TECHNICAL, g) for g in genes])
-    counts = reference.cells.counts.tocsr()[:, [index[g] for g in genes[used]]]
+    return reference.cells.counts.tocsr()[:, [index[g] for g in genes[used]]].astype(np.float64), used
+
+
+def class_profiles(reference: Reference, counts: sp.csr_matrix, drop: str | None) -> np.ndarray:
+    """Each reference class's share of its ``counts`` (:func:`reference_counts`) per gene, classes but ``drop``."""
     labels = np.asarray(reference.cells.labels)
     sums = np.vstack([np.asarray(counts[labels == c].sum(axis=0)).ravel() for c in sorted(set(labels) - {drop})])
-    return sums / sums.sum(axis=1, keepdims=True), used
+    return sums / sums.sum(axis=1, keepdims=True)
 
 
 def unused_gene_share(counts: sp.csr_matrix, shares: np.ndarray) -> np.ndarray:
@@ -124,10 +128,9 @@ def unused_gene_share(counts: sp.csr_matrix, shares: np.ndarray) -> np.ndarray:
 def unused_genes(reference: Reference, view: View, drop: str | None) -> tuple[np.ndarray, float]:
     """The view's cells' unused-gene share against ``reference`` without ``drop``, and the flag threshold: the
     value that 1 - QUANTILE of the reference's own cells (but ``drop``'s) exceed."""
-    shares, used = class_profiles(reference, view.genes, drop)
-    own = reference.cells.counts.tocsr()[np.asarray(reference.cells.labels) != drop]
-    index = {g: i for i, g in enumerate(reference.cells.genes)}
-    own = own[:, [index[g] for g in view.genes[used]]].astype(np.float64)
+    counts, used = reference_counts(reference, view.genes)
+    shares = class_profiles(reference, counts, drop)
+    own = counts[np.asarray(reference.cells.labels) != drop]
     return unused_gene_share(view.counts[:, used], shares), float(np.quantile(unused_gene_share(own, shares), QUANTILE))
 
 
@@ -158,7 +161,8 @@ def log_pseudobulk(counts) -> np.ndarray:
 
 def cluster_mismatch(reference: Reference, view: View, clusters, variable, drop: str | None) -> np.ndarray:
     """Per cell, 1 - the highest correlation of its cluster's log pseudo-bulk with a class's (but ``drop``)."""
-    shares, used = class_profiles(reference, view.genes[variable], drop)
+    reference_on_genes, used = reference_counts(reference, view.genes[variable])
+    shares = class_profiles(reference, reference_on_genes, drop)
     counts = view.counts[:, variable][:, used]
     bulks = np.vstack([log_pseudobulk(counts[clusters == k]) for k in range(clusters.max() + 1)])
     classes = np.log1p(shares * 1e4)
